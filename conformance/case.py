@@ -1,0 +1,136 @@
+"""A conformance case: drawn parameters plus a seed. Arrays are made from the seed with NumPy.
+
+A case is small and hashable so that hypothesis can shrink it and a failure can be
+reproduced from its JSON alone; `materialize` turns it into arrays deterministically.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+DEFAULT = "default"  # use the implementation's own default (eps, momentum, weight init)
+
+
+@dataclass(frozen=True)
+class Case:
+    seed: int
+    shape: tuple[int, ...]          # logical shape, feature axis included
+    feature_axis: int               # non-negative index into shape
+    dtype: str = "float32"
+    steps: int = 2                  # training steps before eval
+    affine: str = "random"          # "random" | "default" (framework init) | "off"
+    momentum: float | None | str = 0.1
+    eps: float | str = 1e-5
+    kappa: float = 1.0              # worst |mean|/std over channels
+    log_scale: float = 0.0          # std ~ 10**log_scale
+    special: str = "none"           # "none" | "constant" | "nan" | "inf"
+    special_channel: int = 0
+    track_running_stats: bool = True
+    memory_format: str = "contiguous"   # or "channels_last" (a physical layout only)
+    grads: bool = True
+
+    @property
+    def num_features(self) -> int:
+        return self.shape[self.feature_axis]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def n_per_channel(self) -> int:
+        return int(np.prod(self.shape)) // max(self.num_features, 1)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Case":
+        d = dict(d)
+        d["shape"] = tuple(d["shape"])
+        return cls(**d)
+
+    def replace(self, **kw) -> "Case":
+        return replace(self, **kw)
+
+    def describe(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+
+def round_to_bfloat16(a: np.ndarray) -> np.ndarray:
+    """Round float32 values to the nearest bfloat16 (ties to even), kept in a float32 array."""
+    a = np.asarray(a, np.float32)
+    bits = a.view(np.uint32).astype(np.uint64)
+    rounding = ((bits >> 16) & 1) + 0x7FFF
+    out = ((bits + rounding) >> 16 << 16).astype(np.uint32).view(np.float32)
+    return np.where(np.isfinite(a), out, a)
+
+
+def cast(a: np.ndarray, dtype: str) -> np.ndarray:
+    """Arrays of a case in its dtype; bfloat16 values travel in float32 arrays (exactly)."""
+    if dtype == "bfloat16":
+        return round_to_bfloat16(np.asarray(a, np.float32))
+    return np.asarray(a, dtype)
+
+
+def _channel_index(case: Case, c) -> tuple:
+    idx = [slice(None)] * case.rank
+    idx[case.feature_axis] = c
+    return tuple(idx)
+
+
+def materialize(case: Case) -> dict[str, np.ndarray]:
+    """Deterministic arrays for a case: x_train_0..steps-1, x_eval, dy_train, dy_eval,
+    and weight/bias when the case sets them."""
+    rng = np.random.default_rng(case.seed)
+    C = case.num_features
+    shape_c = [1] * case.rank
+    shape_c[case.feature_axis] = C
+    std = (10.0 ** case.log_scale) * rng.uniform(0.5, 2.0, C)
+    kap = case.kappa * rng.uniform(0.5, 1.0, C)
+    if C:
+        kap[rng.integers(C)] = case.kappa      # the worst channel reaches kappa exactly
+    mean = kap * std * rng.choice([-1.0, 1.0], C)
+    std_b, mean_b = std.reshape(shape_c), mean.reshape(shape_c)
+
+    arrays: dict[str, np.ndarray] = {}
+
+    def batch() -> np.ndarray:
+        return cast(mean_b + std_b * rng.standard_normal(case.shape), case.dtype)
+
+    for k in range(case.steps):
+        arrays[f"x_train_{k}"] = batch()
+    arrays["x_eval"] = batch()
+    arrays["dy_train"] = cast(rng.standard_normal(case.shape), case.dtype)
+    arrays["dy_eval"] = cast(rng.standard_normal(case.shape), case.dtype)
+    if case.affine == "random":
+        wdt = "float64" if case.dtype == "float64" else case.dtype
+        arrays["weight"] = cast(rng.uniform(0.25, 2.0, C) * rng.choice([-1.0, 1.0], C), wdt)
+        arrays["bias"] = cast(rng.normal(0.0, 1.0, C), wdt)
+    if case.special != "none" and C:
+        c = case.special_channel % C
+        for k in range(case.steps):
+            x = arrays[f"x_train_{k}"]
+            if case.special == "constant":
+                x[_channel_index(case, c)] = x[_channel_index(case, c)].flat[0]
+            elif case.special in ("nan", "inf") and k == 0:
+                sub = x[_channel_index(case, c)]
+                sub.flat[rng.integers(sub.size)] = np.nan if case.special == "nan" else np.inf
+                x[_channel_index(case, c)] = sub
+    return arrays
+
+
+def channel_kappa(x: np.ndarray, feature_axis: int) -> np.ndarray:
+    """|mean|/std per channel of an actual array (what the tolerance model conditions on)."""
+    x = np.asarray(x, np.float64)
+    axes = tuple(a for a in range(x.ndim) if a != feature_axis)
+    m = x.mean(axis=axes)
+    s = x.std(axis=axes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.where(s > 0, np.abs(m) / np.where(s > 0, s, 1), np.where(m == 0, 0.0, np.inf))
+    return k

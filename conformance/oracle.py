@@ -1,0 +1,105 @@
+"""The float64 reference: Batch Normalization as the spec states it, in NumPy.
+
+Read it against Ioffe & Szegedy 2015, Algorithm 1. Two-pass statistics, float64 throughout.
+Each function cites the clauses it implements. It knows conventions (a Profile) and no
+framework. The convention fields are parameters so that the engine can ask "would this
+output match if the implementation followed the other convention?" (attribution).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def reduce_axes(ndim: int, feature_axis: int, reduction: str = "all_but_feature_axis") -> tuple[int, ...]:
+    """BN-AXES: every axis except the feature axis (variant: the batch axis alone)."""
+    if reduction == "batch_axis_only":
+        return (0,)
+    return tuple(a for a in range(ndim) if a != feature_axis % ndim)
+
+
+def _per_feature(v: np.ndarray, ndim: int, feature_axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[feature_axis % ndim] = -1
+    return np.asarray(v, np.float64).reshape(shape)
+
+
+def batch_stats(x, feature_axis, reduction="all_but_feature_axis"):
+    """BN-MEAN, BN-VAR-BIASED: two-pass mean and biased variance; returns (mean, var, n)."""
+    x = np.asarray(x, np.float64)
+    axes = reduce_axes(x.ndim, feature_axis, reduction)
+    n = int(np.prod([x.shape[a] for a in axes]))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    return mean, var, n
+
+
+def normalize(x, mean, var, eps, weight, bias, feature_axis, eps_placement="inside_sqrt"):
+    """BN-EPS-INSIDE, BN-AFFINE: y = gamma (x - mean) / sqrt(var + eps) + beta."""
+    x = np.asarray(x, np.float64)
+    if eps_placement == "inside_sqrt":
+        x_hat = (x - mean) / np.sqrt(var + eps)
+    else:
+        x_hat = (x - mean) / (np.sqrt(var) + eps)
+    g = 1.0 if weight is None else _per_feature(weight, x.ndim, feature_axis)
+    b = 0.0 if bias is None else _per_feature(bias, x.ndim, feature_axis)
+    return g * x_hat + b
+
+
+def train_forward(x, weight, bias, eps, feature_axis, profile):
+    """Algorithm 1 under a profile's conventions; returns (y, flat batch mean, flat batch var, n)."""
+    mean, var, n = batch_stats(x, feature_axis, profile.reduction)
+    norm_var = var * n / (n - 1) if profile.normalize_variance == "unbiased" else var
+    y = normalize(x, mean, norm_var, eps, weight, bias, feature_axis, profile.eps_placement)
+    return y, mean, var, n
+
+
+def momentum_weight(profile, momentum, step):
+    """BN-MOMENTUM-*: the weight w of the batch statistic in step `step` (1-based)."""
+    if momentum is None and profile.cumulative_when_momentum_none:
+        return 1.0 / step                                   # BN-MOMENTUM-CUMULATIVE
+    if profile.momentum_form == "batch_weight":
+        return float(momentum)                              # BN-MOMENTUM-BATCH-WEIGHT
+    return 1.0 - float(momentum)                            # BN-MOMENTUM-OLD-WEIGHT / -DEBIASED
+
+
+def update_running(state, batch_mean, batch_var, n, momentum, profile):
+    """One training step's running-statistics update; `state` is (mean, var, hidden_mean,
+    hidden_var, step). BN-RUNVAR-UNBIASED / -BIASED choose the variance estimator."""
+    mean, var, h_mean, h_var, step = state
+    step += 1
+    if profile.running_variance == "unbiased":
+        batch_var = batch_var * n / (n - 1) if n > 1 else batch_var * np.nan
+    w = momentum_weight(profile, momentum, step)
+    if profile.momentum_form == "debiased_ema" and not (momentum is None and profile.cumulative_when_momentum_none):
+        h_mean = (1 - w) * h_mean + w * batch_mean          # BN-MOMENTUM-DEBIASED
+        h_var = (1 - w) * h_var + w * batch_var
+        debias = 1.0 - float(momentum) ** step
+        return (h_mean / debias, h_var / debias, h_mean, h_var, step)
+    return ((1 - w) * mean + w * batch_mean, (1 - w) * var + w * batch_var, h_mean, h_var, step)
+
+
+def grads_train(x, dy, weight, eps, feature_axis):
+    """BN-GRAD-TRAIN: dx = gamma invstd / N (N dy - sum dy - x_hat sum(dy x_hat))."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    axes = reduce_axes(x.ndim, feature_axis)
+    mean, var, n = batch_stats(x, feature_axis)
+    invstd = 1.0 / np.sqrt(var + eps)
+    x_hat = (x - mean) * invstd
+    g = 1.0 if weight is None else _per_feature(weight, x.ndim, feature_axis)
+    sum_dy = dy.sum(axis=axes, keepdims=True)
+    sum_dy_xhat = (dy * x_hat).sum(axis=axes, keepdims=True)
+    dx = g * invstd / n * (n * dy - sum_dy - x_hat * sum_dy_xhat)
+    return dx, sum_dy_xhat.reshape(-1), sum_dy.reshape(-1)
+
+
+def grads_eval(x, dy, weight, mean, var, eps, feature_axis):
+    """BN-GRAD-EVAL: statistics are constants, dx = gamma dy / sqrt(var + eps)."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    axes = reduce_axes(x.ndim, feature_axis)
+    m = _per_feature(mean, x.ndim, feature_axis)
+    v = _per_feature(var, x.ndim, feature_axis)
+    g = 1.0 if weight is None else _per_feature(weight, x.ndim, feature_axis)
+    x_hat = (x - m) / np.sqrt(v + eps)
+    return g * dy / np.sqrt(v + eps), (dy * x_hat).sum(axis=axes), dy.sum(axis=axes)

@@ -1,0 +1,238 @@
+"""The tolerance model: how far a conforming implementation may be from the float64 oracle.
+
+Not one global rtol. Each output gets an elementwise bound derived from an error model
+(WebGPU CTS style: assume a slightly adversarial but sane order of operations):
+
+* u_c   unit roundoff of the precision the spec requires for the computation
+        (BN-DTYPE-ACCUM: float32 for float16/bfloat16/float32 inputs; BN-DTYPE-F64: float64);
+* u_o   unit roundoff of each output's own dtype (one final rounding);
+* g(n)  error growth of a reduction over n terms: sqrt(n) for the random walk of a
+        sequential sum, log2(n) for the depth of a tree reduction, +2 for the final
+        division and rounding;
+* kappa |mean|/std of each channel: the conditioning of the variance.
+
+First-order error bounds (S is the safety factor from the spec):
+
+    e_mu  = S g u_c (|mu| + sigma)                         batch mean
+    e_var = S (g+2) u_c (1 + kappa) sigma^2 + e_mu^2       batch variance
+
+The variance term is first order in kappa: what a two-pass or Welford kernel achieves.
+The one-pass E[x^2]-E[x]^2 has error ~ (g+2) u_c kappa^2 sigma^2, so at kappa of about 100
+and above in float32 it leaves the model: that is BN-VAR-STABLE, by construction.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import oracle
+
+UNIT_ROUNDOFF = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "float32": 2.0 ** -24,
+                 "float64": 2.0 ** -53}
+
+
+def unit_roundoff(dtype: str) -> float:
+    try:
+        return UNIT_ROUNDOFF[str(dtype)]
+    except KeyError:
+        raise ValueError(f"no unit roundoff for dtype {dtype!r}; known: {sorted(UNIT_ROUNDOFF)}") from None
+
+
+def required_compute_dtype(input_dtype: str) -> str:
+    """BN-DTYPE-ACCUM / BN-DTYPE-F64: the least precision the spec allows for statistics."""
+    return "float64" if input_dtype == "float64" else "float32"
+
+
+@dataclass(frozen=True)
+class Model:
+    u_c: float
+    safety: float
+    summation_sqrt: float
+    summation_log: float
+
+    def growth(self, n: int) -> float:
+        n = max(int(n), 1)
+        return self.summation_sqrt * math.sqrt(n) + self.summation_log * math.log2(n) + 2.0
+
+    def with_compute(self, dtype: str) -> "Model":
+        """The same model at another compute precision (attribution of dtype clauses)."""
+        return Model(unit_roundoff(dtype), self.safety, self.summation_sqrt, self.summation_log)
+
+
+def model_for(tol: dict, input_dtype: str) -> Model:
+    return Model(unit_roundoff(required_compute_dtype(input_dtype)), float(tol["safety"]),
+                 float(tol["summation_sqrt"]), float(tol["summation_log"]))
+
+
+def stats_error(model: Model, mean: np.ndarray, var: np.ndarray, n: int):
+    """(e_mu, e_var): allowed absolute error of the batch mean and biased batch variance."""
+    g = model.growth(n)
+    sigma = np.sqrt(var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(sigma > 0, np.abs(mean) / np.where(sigma > 0, sigma, 1.0), 0.0)
+    e_mu = model.safety * g * model.u_c * (np.abs(mean) + sigma)
+    e_var = model.safety * (g + 2) * model.u_c * (1 + kappa) * var + e_mu ** 2
+    return e_mu, e_var
+
+
+def xhat_error(model: Model, x, mean, var, eps, e_mu, e_var):
+    """Allowed error of x_hat = (x - mu)/sqrt(var + eps), elementwise."""
+    s2 = var + eps
+    s = np.sqrt(s2)
+    x_hat = (np.asarray(x, np.float64) - mean) / s
+    centring = e_mu + model.safety * model.u_c * (np.abs(x) + np.abs(mean))
+    return centring / s + np.abs(x_hat) * e_var / (2 * s2) + model.safety * model.u_c * np.abs(x_hat)
+
+
+def _gb(weight, bias, ndim, feature_axis):
+    g = np.ones(1) if weight is None else np.abs(oracle._per_feature(weight, ndim, feature_axis))
+    b = np.zeros(1) if bias is None else np.abs(oracle._per_feature(bias, ndim, feature_axis))
+    return g, b
+
+
+def y_train_bound(model, x, weight, bias, eps, feature_axis, u_out, y_expected):
+    """Allowed |y - y_oracle| in training (BN-MEAN, BN-VAR-BIASED, BN-EPS-INSIDE, BN-AFFINE)."""
+    x = np.asarray(x, np.float64)
+    mean, var, n = oracle.batch_stats(x, feature_axis)
+    e_mu, e_var = stats_error(model, mean, var, n)
+    dxh = xhat_error(model, x, mean, var, eps, e_mu, e_var)
+    g, b = _gb(weight, bias, x.ndim, feature_axis)
+    y = np.abs(y_expected)
+    return g * dxh + model.safety * model.u_c * (y + b) + u_out * y
+
+
+def y_eval_bound(model, x, weight, bias, run_mean, run_var, eps, feature_axis, u_out, y_expected):
+    """Allowed |y - y_oracle| in eval, given the running statistics the implementation reports."""
+    x = np.asarray(x, np.float64)
+    m = oracle._per_feature(run_mean, x.ndim, feature_axis)
+    v = oracle._per_feature(run_var, x.ndim, feature_axis)
+    s = np.sqrt(np.abs(v) + eps)
+    g, b = _gb(weight, bias, x.ndim, feature_axis)
+    y = np.abs(y_expected)
+    return model.safety * model.u_c * (g * (np.abs(x) + np.abs(m)) / s + 2 * y + b) + u_out * y
+
+
+def running_bounds(model, batches, momentum, profile, feature_axis, initial, u_state):
+    """Allowed error of the running (mean, var) after each training step.
+
+    The update is linear with non-negative weights, so the error bound is propagated by
+    running the oracle's own update on the bounds, plus one rounding of each update.
+    """
+    c = len(initial[0])
+    zero = np.zeros(c)
+    state_b = (zero, zero, zero, zero, 0)
+    state_v = (np.asarray(initial[0], float), np.asarray(initial[1], float), zero, zero, 0)
+    out = []
+    for x in batches:
+        mean, var, n = oracle.batch_stats(x, feature_axis)
+        e_mu, e_var = stats_error(model, mean, var, n)
+        bm, bv = mean.reshape(-1), var.reshape(-1)
+        prev = state_v
+        state_v = oracle.update_running(state_v, bm, bv, n, momentum, profile)
+        state_b = oracle.update_running(state_b, e_mu.reshape(-1), e_var.reshape(-1), n, momentum, profile)
+        u = max(model.u_c, u_state)
+        rounding_m = model.safety * u * (np.abs(prev[0]) + np.abs(bm) + np.abs(state_v[0]))
+        rounding_v = model.safety * u * (np.abs(prev[1]) + np.abs(bv) * 2 + np.abs(state_v[1]))
+        out.append((state_b[0] + rounding_m, state_b[1] + rounding_v))
+    return out
+
+
+def grads_train_bound(model, x, dy, weight, eps, feature_axis, u_out, expected):
+    """Allowed error of (dx, dgamma, dbeta) in training (BN-GRAD-TRAIN)."""
+    x = np.asarray(x, np.float64)
+    dy = np.abs(np.asarray(dy, np.float64))
+    axes = oracle.reduce_axes(x.ndim, feature_axis)
+    mean, var, n = oracle.batch_stats(x, feature_axis)
+    e_mu, e_var = stats_error(model, mean, var, n)
+    dxh = xhat_error(model, x, mean, var, eps, e_mu, e_var)
+    s2 = var + eps
+    x_hat = np.abs((x - mean) / np.sqrt(s2))
+    g, _ = _gb(weight, None, x.ndim, feature_axis)
+    gr = model.growth(n)
+    S, u = model.safety, model.u_c
+    m_dy = dy.mean(axis=axes, keepdims=True)
+    m_dyx = (dy * x_hat).mean(axis=axes, keepdims=True)
+    m_dy_dxh = (dy * dxh).mean(axis=axes, keepdims=True)
+    dx_exp, dg_exp, db_exp = expected
+    dx_b = (g / np.sqrt(s2) * (S * u * (dy + gr * m_dy + x_hat * gr * m_dyx) + dxh * m_dyx + x_hat * m_dy_dxh)
+            + np.abs(dx_exp) * (e_var / (2 * s2) + S * u) + u_out * np.abs(dx_exp))
+    dg_b = (S * gr * u * (dy * x_hat).sum(axis=axes) + (dy * dxh).sum(axis=axes)
+            + u_out * np.abs(dg_exp))
+    db_b = S * gr * u * dy.sum(axis=axes) + u_out * np.abs(db_exp)
+    return dx_b, dg_b.reshape(-1), db_b.reshape(-1)
+
+
+def grads_eval_bound(model, x, dy, weight, run_mean, run_var, eps, feature_axis, u_out, expected):
+    """Allowed error of (dx, dgamma, dbeta) in eval (BN-GRAD-EVAL)."""
+    x = np.asarray(x, np.float64)
+    dy = np.abs(np.asarray(dy, np.float64))
+    axes = oracle.reduce_axes(x.ndim, feature_axis)
+    n = int(np.prod([x.shape[a] for a in axes]))
+    m = oracle._per_feature(run_mean, x.ndim, feature_axis)
+    v = oracle._per_feature(run_var, x.ndim, feature_axis)
+    s = np.sqrt(np.abs(v) + eps)
+    x_hat = np.abs(x - m) / s
+    S, u, gr = model.safety, model.u_c, model.growth(n)
+    dx_exp, dg_exp, db_exp = expected
+    dx_b = (S * u * 3 + u_out) * np.abs(dx_exp)
+    dxh = S * u * (np.abs(x) + np.abs(m)) / s + S * u * x_hat
+    dg_b = S * gr * u * (dy * x_hat).sum(axis=axes) + (dy * dxh).sum(axis=axes) + u_out * np.abs(dg_exp)
+    db_b = S * gr * u * dy.sum(axis=axes) + u_out * np.abs(db_exp)
+    return dx_b, dg_b.reshape(-1), db_b.reshape(-1)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One measured comparison: worst error, what was allowed there, and where."""
+    ok: bool
+    measured: float        # |actual - expected| at the worst index
+    allowed: float         # the bound at that index
+    ratio: float           # measured / allowed (the worst over all elements)
+    index: tuple | None
+    actual: float | None
+    expected: float | None
+    note: str = ""
+
+    def to_json(self) -> dict:
+        def f(v):
+            if v is None:
+                return None
+            v = float(v)
+            return v if math.isfinite(v) else repr(v)
+        return {"ok": self.ok, "measured": f(self.measured), "allowed": f(self.allowed),
+                "ratio": f(self.ratio), "index": list(self.index) if self.index is not None else None,
+                "actual": f(self.actual), "expected": f(self.expected), "note": self.note}
+
+    def describe(self) -> str:
+        where = f" at index {tuple(self.index)}" if self.index is not None else ""
+        if self.note and self.measured is None:
+            return self.note
+        return (f"max error {self.measured:.3g}{where} (allowed {self.allowed:.3g}, "
+                f"{self.ratio:.3g}x the bound); actual {self.actual!r}, expected {self.expected!r}"
+                + (f"; {self.note}" if self.note else ""))
+
+
+def compare(actual, expected, allowed, note: str = "") -> Comparison:
+    """Elementwise |actual - expected| <= allowed. Non-finite values must match exactly in
+    place and kind; a shape mismatch is a failure with a note, never an exception."""
+    a = np.asarray(actual, np.float64)
+    e = np.asarray(expected, np.float64)
+    if a.shape != e.shape:
+        return Comparison(False, math.inf, 0.0, math.inf, None, None, None,
+                          f"shape {a.shape} != expected {e.shape}")
+    if a.size == 0:
+        return Comparison(True, 0.0, 0.0, 0.0, None, None, None, note)
+    tol = np.broadcast_to(np.asarray(allowed, np.float64), e.shape)
+    both_nan = np.isnan(a) & np.isnan(e)
+    same_inf = np.isinf(a) & np.isinf(e) & (np.sign(a) == np.sign(e))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        err = np.where(both_nan | same_inf, 0.0, np.abs(a - e))
+        err = np.where(np.isnan(err), np.inf, err)
+        ratio = np.where(err == 0, 0.0, err / np.where(tol > 0, tol, 0.0))
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    idx = np.unravel_index(int(np.argmax(ratio)), e.shape)
+    r = float(ratio[idx])
+    return Comparison(r <= 1.0, float(err[idx]), float(tol[idx]), r, tuple(int(i) for i in idx),
+                      float(a[idx]), float(e[idx]), note)

@@ -112,7 +112,7 @@ def materialize(case: Case) -> dict[str, np.ndarray]:
         wdt = "float64" if case.dtype == "float64" else case.dtype
         arrays["weight"] = cast(rng.uniform(0.25, 2.0, C) * rng.choice([-1.0, 1.0], C), wdt)
         arrays["bias"] = cast(rng.normal(0.0, 1.0, C), wdt)
-    if case.special != "none" and C:
+    if case.special != "none" and C and case.shape[0] > 0:
         c = case.special_channel % C
         for k in range(case.steps):
             x = arrays[f"x_train_{k}"]

@@ -1,0 +1,169 @@
+"""PyTorch: torch.nn.BatchNorm1d/2d/3d and torch.nn.functional.batch_norm.
+
+Thin: builds the real layer or call, runs it, returns NumPy. torch is imported lazily.
+"""
+import numpy as np
+
+from ._protocol import Implementation, Unsupported, default_capabilities, np_out
+
+FAMILY = "torch"
+
+
+def _torch():
+    import torch
+    return torch
+
+
+def _dtype(name):
+    torch = _torch()
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+            "float64": torch.float64}[name]
+
+
+def _to_np(t):
+    torch = _torch()
+    t = t.detach().cpu()
+    name = str(t.dtype).replace("torch.", "")
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return np_out(t.numpy().copy(), name)  # a copy: the buffer changes in place later
+
+
+def _tensor(a, dtype, device):
+    torch = _torch()
+    return torch.as_tensor(np.asarray(a, np.float32 if dtype == "bfloat16" else a.dtype)).to(device=device, dtype=_dtype(dtype))
+
+
+def _kwargs(params):
+    kw = {}
+    if params["eps"] != "default":
+        kw["eps"] = float(params["eps"])
+    if params["momentum"] != "default":
+        kw["momentum"] = params["momentum"]
+    return kw
+
+
+class _ModuleInstance:
+    def __init__(self, cls_name, params, device):
+        torch = _torch()
+        cls = getattr(torch.nn, cls_name)
+        self.params, self.device = params, device
+        affine = params["affine"] != "off"
+        self.m = cls(params["num_features"], affine=affine,
+                     track_running_stats=params["track_running_stats"], **_kwargs(params))
+        self.m = self.m.to(device=device, dtype=_dtype(params["dtype"]))
+        if params["affine"] == "random":
+            with torch.no_grad():
+                self.m.weight.copy_(_tensor(params["weight"], params["dtype"], device))
+                self.m.bias.copy_(_tensor(params["bias"], params["dtype"], device))
+        self.memory_format = params.get("memory_format", "contiguous")
+
+    def forward(self, x, training, dy):
+        torch = _torch()
+        self.m.train(training)
+        xt = _tensor(x, self.params["dtype"], self.device)
+        if self.memory_format == "channels_last":
+            xt = xt.contiguous(memory_format=torch.channels_last if xt.dim() == 4 else torch.channels_last_3d)
+        self.m.zero_grad(set_to_none=True)
+        xt.requires_grad_(dy is not None)
+        y = self.m(xt)
+        out = dict(zip(("y", "y_dtype"), _to_np(y)))
+        if dy is not None:
+            (y * _tensor(dy, self.params["dtype"], self.device)).sum().backward()
+            out["dx"] = _to_np(xt.grad)[0]
+            if self.m.weight is not None:
+                out["dweight"] = _to_np(self.m.weight.grad)[0]
+                out["dbias"] = _to_np(self.m.bias.grad)[0]
+        return out
+
+    def running_stats(self):
+        if self.m.running_mean is None:
+            return None
+        return _to_np(self.m.running_mean)[0], _to_np(self.m.running_var)[0]
+
+    def counter(self):
+        t = getattr(self.m, "num_batches_tracked", None)
+        return None if t is None else int(t.item())
+
+
+class _FunctionalInstance:
+    """F.batch_norm with explicit running-stat tensors that it updates in place."""
+
+    def __init__(self, params, device):
+        torch = _torch()
+        self.params, self.device = params, device
+        c, dt = params["num_features"], _dtype(params["dtype"])
+        self.rm = self.rv = None
+        if params["track_running_stats"]:
+            self.rm = torch.zeros(c, dtype=dt, device=device)
+            self.rv = torch.ones(c, dtype=dt, device=device)
+        self.w = self.b = None
+        if params["affine"] == "random":
+            self.w = _tensor(params["weight"], params["dtype"], device)
+            self.b = _tensor(params["bias"], params["dtype"], device)
+        elif params["affine"] == "default":
+            self.w, self.b = torch.ones(c, dtype=dt, device=device), torch.zeros(c, dtype=dt, device=device)
+
+    def forward(self, x, training, dy):
+        torch = _torch()
+        F = torch.nn.functional
+        xt = _tensor(x, self.params["dtype"], self.device)
+        leaves = [xt] + [t for t in (self.w, self.b) if t is not None]
+        for t in leaves:
+            t.grad = None
+            t.requires_grad_(dy is not None)
+        y = F.batch_norm(xt, self.rm, self.rv, self.w, self.b, training=training, **_kwargs(self.params))
+        out = dict(zip(("y", "y_dtype"), _to_np(y)))
+        if dy is not None:
+            (y * _tensor(dy, self.params["dtype"], self.device)).sum().backward()
+            out["dx"] = _to_np(xt.grad)[0]
+            if self.w is not None:
+                out["dweight"], out["dbias"] = _to_np(self.w.grad)[0], _to_np(self.b.grad)[0]
+        for t in leaves:
+            t.requires_grad_(False)
+        return out
+
+    def running_stats(self):
+        if self.rm is None:
+            return None
+        return _to_np(self.rm)[0], _to_np(self.rv)[0]
+
+    def counter(self):
+        return None
+
+
+def versions():
+    torch = _torch()
+    return {"torch": torch.__version__}
+
+
+def devices():
+    torch = _torch()
+    devs = ["cpu"]
+    if torch.cuda.is_available():
+        devs.append("cuda")
+    return devs
+
+
+def _module(cls_name, ranks, channels_last):
+    def build(params, device):
+        if params["rank"] not in ranks:
+            raise Unsupported(f"torch.nn.{cls_name} takes inputs of rank {ranks}")
+        return _ModuleInstance(cls_name, params, device)
+    caps = default_capabilities(ranks=ranks, feature_axes=("first",), momentum_none=True,
+                                no_running_stats=True, channels_last_memory=channels_last)
+    return Implementation(f"torch.nn.{cls_name}", "torch", caps, build, versions, devices, FAMILY)
+
+
+def _functional():
+    def build(params, device):
+        if params["momentum"] is None:
+            raise Unsupported("F.batch_norm takes a float momentum")
+        return _FunctionalInstance(params, device)
+    caps = default_capabilities(feature_axes=("first",), no_running_stats=True, default_init=False)
+    return Implementation("torch.nn.functional.batch_norm", "torch", caps, build, versions, devices, FAMILY)
+
+
+def implementations():
+    return [_module("BatchNorm1d", (2, 3), False), _module("BatchNorm2d", (4,), True),
+            _module("BatchNorm3d", (5,), True), _functional()]

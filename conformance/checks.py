@@ -1,0 +1,676 @@
+"""Clause checks: one trace of one case in, one outcome per clause out.
+
+Each check compares one quantity of the trace with the oracle under the implementation's
+profile, using the tolerance model. When a quantity deviates, the deviation is attributed:
+if flipping exactly one convention field of the profile makes the oracle match, the
+failure belongs to the clause that pins that field (and the measured convention is
+recorded: that is also how fingerprints are measured). Otherwise it belongs to the
+quantity's own clause. Checks never raise on bad implementation output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import oracle, tolerance
+from .case import Case
+from .tolerance import Comparison, compare
+
+# Alternatives tried when a quantity deviates (attribution), per convention field.
+FLIPS = {
+    "eps_placement": ["outside_sqrt", "inside_sqrt"],
+    "normalize_variance": ["unbiased", "biased"],
+    "reduction": ["batch_axis_only", "all_but_feature_axis"],
+    "running_variance": ["biased", "unbiased"],
+    "momentum_form": ["batch_weight", "old_weight"],
+}
+EPS_CANDIDATES = (1e-5, 1e-3, 2e-5, 1e-6, 1e-4, 1e-12, 0.0)
+MOMENTUM_CANDIDATES = (0.1, 0.9, 0.99, 0.01, 0.999, 0.001, 1.0, 0.0)
+
+
+@dataclass
+class Outcome:
+    clause: str
+    ok: bool
+    comparison: Comparison | None = None
+    note: str = ""
+    measured: dict = field(default_factory=dict)
+
+
+@dataclass
+class Ctx:
+    case: Case
+    arrays: dict
+    trace: dict
+    profile: object
+    spec: object
+    applicable: set
+
+    def __post_init__(self):
+        self.model = tolerance.model_for(self.spec.tolerance, self.case.dtype)
+        self.fa = self.case.feature_axis
+        p = self.profile
+        self.eps = p.default_eps if self.case.eps == "default" else float(self.case.eps)
+        self.momentum = p.default_momentum if self.case.momentum == "default" else self.case.momentum
+        self.weight = self.arrays.get("weight")
+        self.bias = self.arrays.get("bias")
+        self.kappa_thr = float(self.spec.tolerance["ill_conditioned_kappa"])
+
+    def clause_for(self, conv_field):
+        c = self.spec.clause_for_convention(self.profile, conv_field)
+        return c.id if c else None
+
+    def u_out(self, dtype_name):
+        try:
+            return tolerance.unit_roundoff(dtype_name)
+        except ValueError:
+            return tolerance.unit_roundoff("float16")
+
+    def mask_special(self):
+        """Boolean per channel: False for the channel holding NaN/Inf (BN-NONFINITE-CONFINED)."""
+        keep = np.ones(self.case.num_features, bool)
+        if self.case.special in ("nan", "inf"):
+            keep[self.case.special_channel % self.case.num_features] = False
+        return keep
+
+    def channel_mask(self, shape):
+        keep = self.mask_special()
+        s = [1] * len(shape)
+        s[self.fa] = -1
+        return np.broadcast_to(keep.reshape(s), shape)
+
+
+CHECKS: dict[str, Callable] = {}
+EMITS: dict[str, tuple[str, ...]] = {}
+
+
+def check(*names, emits=()):
+    def deco(fn):
+        for n in names:
+            CHECKS[n] = fn
+        EMITS[fn.__name__] = tuple(emits)
+        return fn
+    return deco
+
+
+def _worst(cmps):
+    cmps = [c for c in cmps if c is not None]
+    if not cmps:
+        return None
+    return max(cmps, key=lambda c: (not c.ok, c.ratio if np.isfinite(c.ratio) else 1e300))
+
+
+def _failed_call(ctx, clause):
+    err = ctx.trace.get("error")
+    return Outcome(clause, False, note=f"{err['type']} in {err['phase']}: {err['message']}")
+
+
+def _masked(a, mask):
+    a = np.array(a, np.float64, copy=True)
+    a[~mask] = 0.0
+    return a
+
+
+# ---------------------------------------------------------------- training output
+def _y_train_cmp(ctx, profile, model, eps):
+    cmps = []
+    for k in range(ctx.case.steps):
+        key = f"train_{k}/y"
+        if key not in ctx.trace:
+            return None
+        x = ctx.arrays[f"x_train_{k}"]
+        y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, eps, ctx.fa, profile)[0]
+        mask = ctx.channel_mask(x.shape)
+        y_act = ctx.trace[key]
+        if np.shape(y_act) != x.shape:
+            return compare(y_act, y_exp, 0.0)
+        bound = tolerance.y_train_bound(model, np.where(mask, x, 0), ctx.weight, ctx.bias, eps, ctx.fa,
+                                        ctx.u_out(ctx.trace[f"train_{k}/y_dtype"]), _masked(y_exp, mask))
+        cmps.append(compare(_masked(y_act, mask), _masked(y_exp, mask), bound, note=f"training step {k}"))
+    return _worst(cmps)
+
+
+def _trainable_case(ctx):
+    return ctx.case.n_per_channel > 1 and ctx.case.shape[0] > 0
+
+
+@check("y_train", "y_train_affine_off", "y_train_low_precision", "y_train_f64", "y_train_ill_conditioned",
+       "default_eps", "constant_channel", "nonfinite_confined",
+       emits=("BN-NORMALIZE", "BN-VAR-BIASED", "BN-EPS-INSIDE", "BN-AFFINE", "BN-AFFINE-OFF", "BN-DTYPE-ACCUM",
+              "BN-DTYPE-F64", "BN-VAR-STABLE", "BN-DEFAULT-EPS", "BN-CONSTANT-CHANNEL", "BN-NONFINITE-CONFINED",
+              "BN-AXES"))
+def y_train(ctx: Ctx):
+    if not _trainable_case(ctx):
+        return []
+    if "error" in ctx.trace and ctx.trace["error"]["phase"].startswith(("build", "train")):
+        return [] if ctx.trace["error"]["unsupported"] else [_failed_call(ctx, "BN-NORMALIZE")]
+    base = _y_train_cmp(ctx, ctx.profile, ctx.model, ctx.eps)
+    if base is None:
+        return []
+    case = ctx.case
+    kappa = max(float(np.max(_kappas(ctx))), 0.0)
+    covered = ["BN-NORMALIZE", "BN-VAR-BIASED", "BN-EPS-INSIDE"]
+    covered.append("BN-AFFINE-OFF" if case.affine == "off" else "BN-AFFINE")
+    if case.dtype in ("float16", "bfloat16"):
+        covered.append("BN-DTYPE-ACCUM")
+    if case.dtype == "float64":
+        covered.append("BN-DTYPE-F64")
+    if kappa >= ctx.kappa_thr:
+        covered.append("BN-VAR-STABLE")
+    if case.eps == "default":
+        covered.append("BN-DEFAULT-EPS")
+    if case.special == "constant":
+        covered.append("BN-CONSTANT-CHANNEL")
+    if case.special in ("nan", "inf"):
+        covered.append("BN-NONFINITE-CONFINED")
+    if base.ok:
+        return [Outcome(c, True, base) for c in covered]
+    return [_attribute_y(ctx, base, kappa, covered)]
+
+
+def _kappas(ctx):
+    from .case import channel_kappa
+    ks = [channel_kappa(ctx.arrays[f"x_train_{k}"], ctx.fa)[ctx.mask_special()] for k in range(ctx.case.steps)]
+    return np.concatenate(ks) if ks else np.zeros(1)
+
+
+def _attribute_y(ctx, base, kappa, covered):
+    case = ctx.case
+    for fld in ("eps_placement", "normalize_variance", "reduction"):
+        alt = next(v for v in FLIPS[fld] if v != ctx.profile.conventions[fld])
+        cmp = _y_train_cmp(ctx, ctx.profile.with_convention(**{fld: alt}), ctx.model, ctx.eps)
+        clause = ctx.clause_for(fld)
+        if cmp is not None and cmp.ok and clause:
+            return Outcome(clause, False, base, f"matches {fld}={alt}", {fld: alt})
+    if case.eps == "default":
+        for e in EPS_CANDIDATES:
+            if ctx.eps is not None and np.isclose(e, ctx.eps):
+                continue
+            cmp = _y_train_cmp(ctx, ctx.profile, ctx.model, e)
+            if cmp is not None and cmp.ok:
+                return Outcome("BN-DEFAULT-EPS", False, base, f"matches eps={e:g}", {"default_eps": e})
+    if case.dtype in ("float16", "bfloat16"):
+        cmp = _y_train_cmp(ctx, ctx.profile, ctx.model.with_compute(case.dtype), ctx.eps)
+        if cmp is not None and cmp.ok:
+            return Outcome("BN-DTYPE-ACCUM", False, base, f"within the model only at {case.dtype} precision")
+    if case.dtype == "float64":
+        cmp = _y_train_cmp(ctx, ctx.profile, ctx.model.with_compute("float32"), ctx.eps)
+        if cmp is not None and cmp.ok:
+            return Outcome("BN-DTYPE-F64", False, base, "within the model only at float32 precision",
+                           {"compute_dtype": "float32"})
+    if kappa >= ctx.kappa_thr:
+        return Outcome("BN-VAR-STABLE", False, base, f"ill-conditioned case: |mean|/std = {kappa:.3g}",
+                       {"variance_algorithm": "one_pass"})
+    if case.special == "constant":
+        return Outcome("BN-CONSTANT-CHANNEL", False, base, "case has a constant channel")
+    if case.special in ("nan", "inf"):
+        return Outcome("BN-NONFINITE-CONFINED", False, base, f"{case.special} in channel {case.special_channel}")
+    if case.affine == "off":
+        return Outcome("BN-AFFINE-OFF", False, base)
+    return Outcome("BN-NORMALIZE", False, base)
+
+
+@check("mean_relation", emits=("BN-MEAN",))
+def mean_relation(ctx: Ctx):
+    """BN-MEAN: whatever the variance convention, each channel's output averages to beta."""
+    if not _trainable_case(ctx) or "train_0/y" not in ctx.trace or ctx.case.special != "none":
+        return []
+    x = ctx.arrays["x_train_0"]
+    y = np.asarray(ctx.trace["train_0/y"], np.float64)
+    if y.shape != x.shape:
+        return []
+    axes = oracle.reduce_axes(x.ndim, ctx.fa)
+    y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
+    bound = tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
+                                    ctx.u_out(ctx.trace["train_0/y_dtype"]), y_exp)
+    n = int(np.prod([x.shape[a] for a in axes]))
+    allowed = bound.mean(axis=axes) + ctx.model.safety * ctx.model.growth(n) * ctx.model.u_c * np.abs(y).mean(axis=axes)
+    beta = np.zeros(x.shape[ctx.fa]) if ctx.bias is None else np.asarray(ctx.bias, np.float64)
+    cmp = compare(y.mean(axis=axes), beta, allowed, "per-channel mean of y vs beta")
+    return [Outcome("BN-MEAN", cmp.ok, cmp)]
+
+
+# ------------------------------------------------------------------- running stats
+def _init_state(ctx):
+    if "init/running_mean" in ctx.trace:
+        m, v = ctx.trace["init/running_mean"], ctx.trace["init/running_var"]
+    else:
+        c = ctx.case.num_features
+        m = np.full(c, ctx.profile.initial["running_mean"])
+        v = np.full(c, ctx.profile.initial["running_var"])
+    return np.asarray(m, float), np.asarray(v, float)
+
+
+def _running_cmp(ctx, profile, momentum):
+    init = _init_state(ctx)
+    if profile.momentum_form == "debiased_ema":
+        init = (np.zeros_like(init[0]), np.zeros_like(init[1]))
+    state = (init[0], init[1], np.zeros_like(init[0]), np.zeros_like(init[1]), 0)
+    batches = [ctx.arrays[f"x_train_{k}"] for k in range(ctx.case.steps)]
+    u_state = ctx.u_out(ctx.case.dtype)
+    bounds = tolerance.running_bounds(ctx.model, batches, momentum, profile, ctx.fa, init, u_state)
+    keep = ctx.mask_special()
+    cm, cv = [], []
+    for k, x in enumerate(batches):
+        mean, var, n = oracle.batch_stats(x, ctx.fa)
+        state = oracle.update_running(state, mean.reshape(-1), var.reshape(-1), n, momentum, profile)
+        am, av = ctx.trace.get(f"train_{k}/running_mean"), ctx.trace.get(f"train_{k}/running_var")
+        if am is None:
+            return None, None
+        cm.append(compare(np.where(keep, am, 0), np.where(keep, state[0], 0), bounds[k][0], f"after step {k}"))
+        cv.append(compare(np.where(keep, av, 0), np.where(keep, state[1], 0), bounds[k][1], f"after step {k}"))
+    return _worst(cm), _worst(cv)
+
+
+@check("running_stats", "running_stats_cumulative", "default_momentum",
+       emits=("BN-MOMENTUM-BATCH-WEIGHT", "BN-MOMENTUM-OLD-WEIGHT", "BN-MOMENTUM-CUMULATIVE", "BN-MOMENTUM-DEBIASED",
+              "BN-RUNVAR-UNBIASED", "BN-RUNVAR-BIASED", "BN-DEFAULT-MOMENTUM"))
+def running_stats(ctx: Ctx):
+    p, case = ctx.profile, ctx.case
+    if p.momentum_form == "none" or not case.track_running_stats or not _trainable_case(ctx):
+        return []
+    if "error" in ctx.trace and not ctx.trace["error"]["phase"].startswith("eval"):
+        return []
+    if "train_0/running_mean" not in ctx.trace:
+        return [Outcome(ctx.clause_for("momentum_form"), False, note="no running statistics were reported "
+                        "although the layer tracks them")]
+    cumulative = ctx.momentum is None and p.cumulative_when_momentum_none
+    m_clause = "BN-MOMENTUM-CUMULATIVE" if cumulative else ctx.clause_for("momentum_form")
+    v_clause = ctx.clause_for("running_variance")
+    cm, cv = _running_cmp(ctx, p, ctx.momentum)
+    if cm is None:
+        return []
+    extra = ["BN-DEFAULT-MOMENTUM"] if case.momentum == "default" else []
+    if cm.ok and cv.ok:
+        return [Outcome(c, True, cm) for c in [m_clause] + extra] + [Outcome(v_clause, True, cv)]
+    out = []
+    if cm.ok and not cv.ok:
+        alt = next(v for v in FLIPS["running_variance"] if v != p.running_variance)
+        _, cv2 = _running_cmp(ctx, p.with_convention(running_variance=alt), ctx.momentum)
+        out.append(Outcome(m_clause, True, cm))
+        if cv2 is not None and cv2.ok:
+            return out + [Outcome(v_clause, False, cv, f"matches running_variance={alt}", {"running_variance": alt})]
+        return out + [Outcome(v_clause, False, cv)]
+    if not cumulative and p.momentum_form in FLIPS["momentum_form"]:
+        alt = next(v for v in FLIPS["momentum_form"] if v != p.momentum_form)
+        for prof in (p.with_convention(momentum_form=alt),
+                     p.with_convention(momentum_form=alt, running_variance=next(
+                         v for v in FLIPS["running_variance"] if v != p.running_variance))):
+            cm2, cv2 = _running_cmp(ctx, prof, ctx.momentum)
+            if cm2 is not None and cm2.ok and cv2.ok:
+                res = [Outcome(m_clause, False, cm, f"matches momentum_form={alt}", {"momentum_form": alt})]
+                if prof.running_variance != p.running_variance:
+                    res.append(Outcome(v_clause, False, cv, f"matches running_variance={prof.running_variance}",
+                                       {"running_variance": prof.running_variance}))
+                return res
+    if case.momentum == "default":
+        for m in MOMENTUM_CANDIDATES:
+            if ctx.momentum is not None and np.isclose(m, ctx.momentum):
+                continue
+            cm2, cv2 = _running_cmp(ctx, p, m)
+            if cm2 is not None and cm2.ok:
+                return [Outcome("BN-DEFAULT-MOMENTUM", False, cm, f"matches momentum={m:g}", {"default_momentum": m})]
+    out.append(Outcome(m_clause, False, cm))
+    if not cv.ok:
+        out.append(Outcome(v_clause, False, cv))
+    return out
+
+
+@check("initial_state", emits=("BN-INIT",))
+def initial_state(ctx: Ctx):
+    if "init/running_mean" not in ctx.trace or not ctx.case.track_running_stats:
+        return []
+    init = ctx.profile.initial
+    c = ctx.case.num_features
+    exp = np.concatenate([np.full(c, init["running_mean"]), np.full(c, init["running_var"])])
+    act = np.concatenate([ctx.trace["init/running_mean"], ctx.trace["init/running_var"]])
+    cmp = compare(act, exp, 0.0, "initial running mean then running var")
+    return [Outcome("BN-INIT", cmp.ok, cmp)]
+
+
+@check("step_counter", emits=("BN-NUM-BATCHES-TRACKED",))
+def step_counter(ctx: Ctx):
+    if "init/counter" not in ctx.trace or "eval/counter" not in ctx.trace:
+        return []
+    got = [ctx.trace[f"train_{k}/counter"] for k in range(ctx.case.steps)] + [ctx.trace["eval/counter"]]
+    start = ctx.trace["init/counter"]
+    want = [start + k + 1 for k in range(ctx.case.steps)] + [start + ctx.case.steps]
+    ok = got == want
+    return [Outcome("BN-NUM-BATCHES-TRACKED", ok, note="" if ok else f"counter {got}, expected {want}")]
+
+
+# ----------------------------------------------------------------------------- eval
+def _stats_before_eval(ctx):
+    k = ctx.case.steps - 1
+    return ctx.trace.get(f"train_{k}/running_mean"), ctx.trace.get(f"train_{k}/running_var")
+
+
+def _eval_tracked(ctx):
+    return ctx.case.track_running_stats and ctx.profile.momentum_form != "none"
+
+
+@check("y_eval", emits=("BN-EVAL-RUNNING",))
+def y_eval(ctx: Ctx):
+    if not _eval_tracked(ctx) or "eval/y" not in ctx.trace or ctx.case.special != "none":
+        return []
+    rm, rv = _stats_before_eval(ctx)
+    if rm is None:
+        return []
+    x = ctx.arrays["x_eval"]
+    m = oracle._per_feature(rm, x.ndim, ctx.fa)
+    v = oracle._per_feature(rv, x.ndim, ctx.fa)
+    y_exp = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.profile.eps_placement)
+    bound = tolerance.y_eval_bound(ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
+                                   ctx.u_out(ctx.trace["eval/y_dtype"]), y_exp)
+    cmp = compare(ctx.trace["eval/y"], y_exp, bound, "eval output with the reported running statistics")
+    if cmp.ok:
+        return [Outcome("BN-EVAL-RUNNING", True, cmp)]
+    y_batch = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
+    b2 = tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
+                                 ctx.u_out(ctx.trace["eval/y_dtype"]), y_batch)
+    if compare(ctx.trace["eval/y"], y_batch, b2).ok:
+        return [Outcome("BN-EVAL-RUNNING", False, cmp, "eval normalized with batch statistics")]
+    return [Outcome("BN-EVAL-RUNNING", False, cmp)]
+
+
+@check("y_eval_no_running", emits=("BN-EVAL-BATCH",))
+def y_eval_no_running(ctx: Ctx):
+    if _eval_tracked(ctx) or "eval/y" not in ctx.trace or ctx.case.special != "none" or not _trainable_case(ctx):
+        return []
+    x = ctx.arrays["x_eval"]
+    y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
+    bound = tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
+                                    ctx.u_out(ctx.trace["eval/y_dtype"]), y_exp)
+    cmp = compare(ctx.trace["eval/y"], y_exp, bound, "eval output with batch statistics")
+    return [Outcome("BN-EVAL-BATCH", cmp.ok, cmp)]
+
+
+@check("eval_no_update", emits=("BN-EVAL-NO-UPDATE",))
+def eval_no_update(ctx: Ctx):
+    rm, rv = _stats_before_eval(ctx)
+    if rm is None or "eval/running_mean" not in ctx.trace:
+        return []
+    before = np.concatenate([rm, rv])
+    after = np.concatenate([ctx.trace["eval/running_mean"], ctx.trace["eval/running_var"]])
+    cmp = compare(after, before, 0.0, "running statistics after eval vs before")
+    return [Outcome("BN-EVAL-NO-UPDATE", cmp.ok, cmp)]
+
+
+# ------------------------------------------------------------------------ gradients
+@check("grads_train", emits=("BN-GRAD-TRAIN",))
+def grads_train(ctx: Ctx):
+    if "train_0/dx" not in ctx.trace or not _trainable_case(ctx) or ctx.case.special != "none":
+        return []
+    x, dy = ctx.arrays["x_train_0"], ctx.arrays["dy_train"]
+    exp = oracle.grads_train(x, dy, ctx.weight, ctx.eps, ctx.fa)
+    u = ctx.u_out(ctx.case.dtype)
+    bounds = tolerance.grads_train_bound(ctx.model, x, dy, ctx.weight, ctx.eps, ctx.fa, u, exp)
+    cmps = [compare(ctx.trace["train_0/dx"], exp[0], bounds[0], "dx")]
+    if "train_0/dweight" in ctx.trace and ctx.case.affine != "off":
+        cmps.append(compare(ctx.trace["train_0/dweight"], exp[1], bounds[1], "dgamma"))
+        cmps.append(compare(ctx.trace["train_0/dbias"], exp[2], bounds[2], "dbeta"))
+    w = _worst(cmps)
+    return [Outcome("BN-GRAD-TRAIN", w.ok, w)]
+
+
+@check("grads_eval", emits=("BN-GRAD-EVAL",))
+def grads_eval(ctx: Ctx):
+    if "eval/dx" not in ctx.trace or ctx.case.special != "none" or not _trainable_case(ctx):
+        return []
+    x, dy = ctx.arrays["x_eval"], ctx.arrays["dy_eval"]
+    u = ctx.u_out(ctx.case.dtype)
+    if _eval_tracked(ctx):
+        rm, rv = _stats_before_eval(ctx)
+        if rm is None:
+            return []
+        exp = oracle.grads_eval(x, dy, ctx.weight, rm, rv, ctx.eps, ctx.fa)
+        bounds = tolerance.grads_eval_bound(ctx.model, x, dy, ctx.weight, rm, rv, ctx.eps, ctx.fa, u, exp)
+    else:
+        exp = oracle.grads_train(x, dy, ctx.weight, ctx.eps, ctx.fa)
+        bounds = tolerance.grads_train_bound(ctx.model, x, dy, ctx.weight, ctx.eps, ctx.fa, u, exp)
+    cmps = [compare(ctx.trace["eval/dx"], exp[0], bounds[0], "dx (eval)")]
+    if "eval/dweight" in ctx.trace and ctx.case.affine != "off":
+        cmps.append(compare(ctx.trace["eval/dweight"], exp[1], bounds[1], "dgamma (eval)"))
+        cmps.append(compare(ctx.trace["eval/dbias"], exp[2], bounds[2], "dbeta (eval)"))
+    w = _worst(cmps)
+    return [Outcome("BN-GRAD-EVAL", w.ok, w)]
+
+
+# ----------------------------------------------------------------------- behaviour
+@check("purity", emits=("BN-PURE",))
+def purity(ctx: Ctx):
+    flags = {k: v for k, v in ctx.trace.items() if k.endswith("/mutated")}
+    if not flags:
+        return []
+    bad = sorted(k.split("/")[0] for k, v in flags.items() if v)
+    return [Outcome("BN-PURE", not bad, note=f"inputs mutated by the call in {bad}" if bad else "")]
+
+
+@check("output_dtype", emits=("BN-DTYPE-OUTPUT",))
+def output_dtype(ctx: Ctx):
+    outs = []
+    for k in [f"train_{i}" for i in range(ctx.case.steps)] + ["eval"]:
+        if f"{k}/y" not in ctx.trace:
+            continue
+        dt, shape = ctx.trace[f"{k}/y_dtype"], np.shape(ctx.trace[f"{k}/y"])
+        if dt != ctx.case.dtype or shape != ctx.case.shape:
+            outs.append(f"{k}: {dt}{list(shape)} for a {ctx.case.dtype}{list(ctx.case.shape)} input")
+    if not any(f"{k}/y" in ctx.trace for k in ["train_0", "eval"]):
+        return []
+    return [Outcome("BN-DTYPE-OUTPUT", not outs, note="; ".join(outs))]
+
+
+@check("one_value", emits=("BN-ONE-VALUE",))
+def one_value(ctx: Ctx):
+    case = ctx.case
+    if case.n_per_channel != 1 or case.shape[0] == 0:
+        return []
+    err = ctx.trace.get("error")
+    if err and err["unsupported"]:
+        return []
+    want = ctx.profile.one_value_per_channel
+    raised = err is not None and err["phase"] == "train_0"
+    if want == "raises":
+        ok = raised
+        return [Outcome("BN-ONE-VALUE", ok, note=(f"raised {err['type']}: {err['message'][:200]}" if raised else
+                                                 "returned instead of raising"), measured={
+            "one_value_per_channel": "raises" if raised else _one_value_kind(ctx)})]
+    if raised:
+        return [Outcome("BN-ONE-VALUE", False, note=f"raised {err['type']}: {err['message'][:200]}",
+                        measured={"one_value_per_channel": "raises"})]
+    kind = _one_value_kind(ctx)
+    beta = np.zeros(case.num_features) if ctx.bias is None else np.asarray(ctx.bias, np.float64)
+    y = ctx.trace.get("train_0/y")
+    exp = np.broadcast_to(oracle._per_feature(beta, case.rank, ctx.fa), case.shape)
+    u = ctx.u_out(ctx.trace.get("train_0/y_dtype", case.dtype))
+    cmp = compare(y, exp, (ctx.model.safety * ctx.model.u_c + u) * np.abs(exp), "training output with n = 1")
+    stats_ok = all(np.all(np.isfinite(ctx.trace[k])) for k in ctx.trace if k.startswith("train_0/running"))
+    ok = cmp.ok and stats_ok
+    return [Outcome("BN-ONE-VALUE", ok, cmp, "" if stats_ok else "non-finite running statistics",
+                    {"one_value_per_channel": kind})]
+
+
+def _one_value_kind(ctx):
+    y = ctx.trace.get("train_0/y")
+    if y is None:
+        return "other"
+    y = np.asarray(y, np.float64)
+    if not np.all(np.isfinite(y)):
+        return "non_finite"
+    beta = np.zeros(ctx.case.num_features) if ctx.bias is None else np.asarray(ctx.bias, np.float64)
+    exp = np.broadcast_to(oracle._per_feature(beta, ctx.case.rank, ctx.fa), ctx.case.shape)
+    return "returns_beta" if np.allclose(y, exp, rtol=1e-2, atol=1e-3) else "other"
+
+
+@check("empty_batch", emits=("BN-EMPTY-BATCH",))
+def empty_batch(ctx: Ctx):
+    if ctx.case.shape[0] != 0:
+        return []
+    err = ctx.trace.get("error")
+    if err and err["unsupported"]:
+        return []
+    if err:
+        ok = bool(err["message"].strip())
+        return [Outcome("BN-EMPTY-BATCH", ok, note=f"raised {err['type']}: {err['message'][:200]}")]
+    y = ctx.trace.get("train_0/y")
+    shape_ok = y is not None and np.shape(y) == ctx.case.shape
+    stats_ok = all(np.all(np.isfinite(v)) for k, v in ctx.trace.items() if "/running_" in k)
+    note = [] if shape_ok else [f"output shape {np.shape(y)} for input {ctx.case.shape}"]
+    if not stats_ok:
+        note.append("non-finite running statistics after an empty batch")
+    return [Outcome("BN-EMPTY-BATCH", shape_ok and stats_ok, note="; ".join(note))]
+
+
+# ------------------------------------------------------------------- relation checks
+def relation_inputs(case: Case, arrays: dict) -> list:
+    """The extra calls the relation checks need: (name, mode, x, params-or-None)."""
+    if case.n_per_channel < 2 or case.special != "none" or case.shape[0] == 0:
+        return []
+    x = arrays["x_train_0"]
+    rng = np.random.default_rng(case.seed + 1)
+    extra = []
+    moved = np.moveaxis(x, case.feature_axis, -1)
+    flat = moved.reshape(-1, moved.shape[-1])
+    perm = rng.permutation(flat.shape[0])
+    xp = np.moveaxis(flat[perm].reshape(moved.shape), -1, case.feature_axis)
+    extra.append(("perm", "train", np.ascontiguousarray(xp), None))
+    if case.num_features > 1:
+        xc = x.copy()
+        idx = [slice(None)] * x.ndim
+        idx[case.feature_axis] = 0
+        xc[tuple(idx)] = xc[tuple(idx)][::-1] * 2 if xc[tuple(idx)].ndim else xc[tuple(idx)] * 2
+        extra.append(("chan", "train", xc, None))
+    std = float(np.std(x.astype(np.float64))) or 1.0
+    shift = float(np.float32((10.0 + 10 * case.kappa) * std))
+    from .case import cast
+    extra.append(("shift", "train", cast(x.astype(np.float64) + shift, case.dtype), None))
+    if case.eps != "default":
+        a = 2.0 ** (4 if rng.random() < 0.5 else -4)
+        xs = cast(x.astype(np.float64) * a, case.dtype)
+        extra.append(("scale", "train", xs, {"eps": float(case.eps) * a * a, "_scale": a}))
+    return extra
+
+
+@check("axes_relation", emits=("BN-AXES",))
+def axes_relation(ctx: Ctx):
+    """BN-AXES without any convention: permuting positions along the reduced axes permutes
+    the output, and changing one channel leaves the other channels' outputs alone."""
+    t, case = ctx.trace, ctx.case
+    if "extra/perm/y" not in t or "train_0/y" not in t:
+        return []
+    x = ctx.arrays["x_train_0"]
+    y0 = np.asarray(t["train_0/y"], np.float64)
+    if y0.shape != x.shape:
+        return []
+    rng = np.random.default_rng(case.seed + 1)
+    moved = np.moveaxis(y0, case.feature_axis, -1)
+    flat = moved.reshape(-1, moved.shape[-1])
+    perm = rng.permutation(flat.shape[0])
+    y_perm_exp = np.moveaxis(flat[perm].reshape(moved.shape), -1, case.feature_axis)
+    y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
+    bound = 2 * tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
+                                        ctx.u_out(t["train_0/y_dtype"]), y_exp)
+    bm = np.moveaxis(bound, case.feature_axis, -1).reshape(-1, bound.shape[case.feature_axis])[perm]
+    bound_p = np.moveaxis(bm.reshape(moved.shape), -1, case.feature_axis)
+    cmps = [compare(t["extra/perm/y"], y_perm_exp, bound_p, "output of the permuted input vs permuted output")]
+    if "extra/chan/y" in t:
+        yc = np.asarray(t["extra/chan/y"], np.float64)
+        keep = np.ones(case.num_features, bool)
+        keep[0] = False
+        mask = np.broadcast_to(keep.reshape([-1 if a == ctx.fa else 1 for a in range(y0.ndim)]), y0.shape)
+        if yc.shape == y0.shape:
+            cmps.append(compare(np.where(mask, yc, 0), np.where(mask, y0, 0), np.where(mask, bound, 0),
+                                "other channels' output after changing channel 0"))
+    w = _worst(cmps)
+    return [Outcome("BN-AXES", w.ok, w, measured={} if w.ok else {"reduction": "other"})]
+
+
+@check("shift_invariance", emits=("BN-SHIFT-INVARIANCE",))
+def shift_invariance(ctx: Ctx):
+    t = ctx.trace
+    if "extra/shift/y" not in t or "train_0/y" not in t:
+        return []
+    x = ctx.arrays["x_train_0"]
+    xs = next(e[2] for e in relation_inputs(ctx.case, ctx.arrays) if e[0] == "shift")
+    y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
+    ys_exp = oracle.train_forward(xs, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
+    u = ctx.u_out(t["train_0/y_dtype"])
+    bound = (tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, y_exp)
+             + tolerance.y_train_bound(ctx.model, xs, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, ys_exp)
+             + np.abs(ys_exp - y_exp))  # the shifted input was rounded to the dtype
+    ys = np.asarray(t["extra/shift/y"], np.float64)
+    cmp = compare(ys, t["train_0/y"], bound, "y(x + c) vs y(x)")
+    return [Outcome("BN-SHIFT-INVARIANCE", cmp.ok, cmp)]
+
+
+@check("scale_invariance", emits=("BN-SCALE-INVARIANCE",))
+def scale_invariance(ctx: Ctx):
+    t = ctx.trace
+    if "extra/scale/y" not in t or "train_0/y" not in t:
+        return []
+    x = ctx.arrays["x_train_0"]
+    e = next(e for e in relation_inputs(ctx.case, ctx.arrays) if e[0] == "scale")
+    xs, eps_s = e[2], e[3]["eps"]
+    u = ctx.u_out(t["train_0/y_dtype"])
+    y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
+    ys_exp = oracle.train_forward(xs, ctx.weight, ctx.bias, eps_s, ctx.fa, ctx.profile)[0]
+    bound = (tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, y_exp)
+             + tolerance.y_train_bound(ctx.model, xs, ctx.weight, ctx.bias, eps_s, ctx.fa, u, ys_exp)
+             + np.abs(ys_exp - y_exp))  # nonzero only if the scaled input under/overflowed
+    cmp = compare(t["extra/scale/y"], t["train_0/y"], bound, f"y(a x; a^2 eps) vs y(x; eps), a = {e[3]['_scale']:g}")
+    return [Outcome("BN-SCALE-INVARIANCE", cmp.ok, cmp)]
+
+
+@check("fold", emits=("BN-FOLD",))
+def fold(ctx: Ctx):
+    """BN-FOLD: the eval map is the per-feature affine map a x + b with a and b folded from
+    the reported statistics; checked on 2x and 0, where a non-affine map shows."""
+    t = ctx.trace
+    if "post/double/y" not in t or "post/zero/y" not in t or not _eval_tracked(ctx):
+        return []
+    rm, rv = _stats_before_eval(ctx)
+    if rm is None:
+        return []
+    x = ctx.arrays["x_eval"].astype(np.float64)
+    g = np.ones(ctx.case.num_features) if ctx.weight is None else np.asarray(ctx.weight, np.float64)
+    b = np.zeros(ctx.case.num_features) if ctx.bias is None else np.asarray(ctx.bias, np.float64)
+    a = g / np.sqrt(np.asarray(rv, np.float64) + ctx.eps)
+    shift = b - a * np.asarray(rm, np.float64)
+    A = oracle._per_feature(a, x.ndim, ctx.fa)
+    B = oracle._per_feature(shift, x.ndim, ctx.fa)
+    cmps = []
+    for name, xx in (("double", 2 * x), ("zero", 0 * x)):
+        exp = A * xx + B
+        bound = tolerance.y_eval_bound(ctx.model, xx, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
+                                       ctx.u_out(t["eval/y_dtype"]), exp)
+        cmps.append(compare(t[f"post/{name}/y"], exp, bound, f"eval of {name} input vs folded affine map"))
+    w = _worst(cmps)
+    return [Outcome("BN-FOLD", w.ok, w)]
+
+
+def post_eval_inputs(case: Case, arrays: dict) -> list:
+    if case.special != "none" or case.shape[0] == 0:
+        return []
+    from .case import cast
+    x = arrays["x_eval"]
+    return [("double", cast(x.astype(np.float64) * 2, case.dtype)), ("zero", cast(x * 0, case.dtype))]
+
+
+def run_checks(ctx: Ctx) -> list[Outcome]:
+    """Every distinct check once; outcomes only for clauses that apply to the profile."""
+    seen, out = set(), []
+    for fn in CHECKS.values():
+        if fn in seen:
+            continue
+        seen.add(fn)
+        try:
+            res = fn(ctx)
+        except Exception as exc:  # a bug in a check must not hide the others; it is reported
+            res = [Outcome(c, False, note=f"check {fn.__name__} crashed: {type(exc).__name__}: {exc}")
+                   for c in EMITS.get(fn.__name__, ())[:1]]
+            for o in res:
+                o.measured["internal_error"] = True
+        out.extend(o for o in res if o.clause in ctx.applicable)
+    return out

@@ -1,0 +1,203 @@
+"""Audit one implementation on one device: spec -> case -> (oracle, implementation) ->
+comparison -> finding. Cases come from the shared hypothesis strategies; each case runs
+the implementation once (plus the relation calls) and is checked against every clause
+that applies to the implementation's profile.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checks as checks_mod
+from .case import Case, materialize
+from .checks import Ctx, Outcome
+
+# Which capability a clause needs to be exercised at all (else: unsupported, with reason).
+REQUIRES = {
+    "BN-GRAD-TRAIN": "grads", "BN-GRAD-EVAL": "grads",
+    "BN-MOMENTUM-CUMULATIVE": "momentum_none", "BN-NUM-BATCHES-TRACKED": "momentum_none",
+    "BN-EVAL-BATCH": "no_running_stats", "BN-AFFINE-OFF": "affine_off",
+    "BN-DEFAULT-EPS": "default_eps", "BN-DEFAULT-MOMENTUM": "default_momentum",
+    "BN-INIT": "default_init", "BN-EMPTY-BATCH": "empty_batch",
+    "BN-DTYPE-ACCUM": "low_precision", "BN-DTYPE-F64": "float64",
+}
+
+
+def capability_ok(caps: dict, need: str) -> bool:
+    if need == "low_precision":
+        return bool({"float16", "bfloat16"} & set(caps["dtypes"]))
+    if need == "float64":
+        return "float64" in caps["dtypes"]
+    return bool(caps.get(need, False))
+
+
+def build_params(case: Case, arrays: dict) -> dict:
+    """What the adapter is told: plain values and arrays, nothing about the spec."""
+    return {
+        "num_features": case.num_features, "feature_axis": case.feature_axis, "rank": case.rank,
+        "dtype": case.dtype, "momentum": case.momentum, "eps": case.eps, "affine": case.affine,
+        "weight": arrays.get("weight"), "bias": arrays.get("bias"),
+        "track_running_stats": case.track_running_stats, "memory_format": case.memory_format,
+    }
+
+
+def run_case(impl, case: Case, device: str, relations: bool = True):
+    """(arrays, params, trace) for one case."""
+    from .trace import run_trace
+    arrays = materialize(case)
+    params = build_params(case, arrays)
+    extra = []
+    if relations:
+        for name, mode, x, over in checks_mod.relation_inputs(case, arrays):
+            p = dict(params, **{k: v for k, v in (over or {}).items() if not k.startswith("_")}) if over else None
+            extra.append((name, mode, x, p))
+    post = checks_mod.post_eval_inputs(case, arrays) if relations else []
+    trace = run_trace(impl, params, arrays, case.steps, device, grads=case.grads, extra=extra, post=post)
+    return arrays, params, trace
+
+
+def evaluate(impl, case: Case, device: str, spec, profile, applicable: set):
+    with np.errstate(all="ignore"):  # NaN/Inf cases are deliberate
+        arrays, params, trace = run_case(impl, case, device)
+        ctx = Ctx(case, arrays, trace, profile, spec, applicable)
+        return checks_mod.run_checks(ctx), trace, arrays
+
+
+@dataclass
+class ClauseTally:
+    cases: int = 0
+    passed: int = 0
+    failed: int = 0
+    worst: Outcome | None = None        # worst passing comparison (how close to the bound)
+    failing: Outcome | None = None      # the smallest failing case's outcome
+    failing_case: Case | None = None
+    measured: dict = field(default_factory=dict)  # convention -> {value: count}
+
+    def add(self, o: Outcome, case: Case):
+        self.cases += 1
+        for k, v in o.measured.items():
+            self.measured.setdefault(k, {}).setdefault(repr(v), 0)
+            self.measured[k][repr(v)] += 1
+        if o.ok:
+            self.passed += 1
+            if o.comparison is not None and (self.worst is None or self.worst.comparison is None
+                                             or o.comparison.ratio > self.worst.comparison.ratio):
+                self.worst = o
+        else:
+            self.failed += 1
+            if self.failing_case is None or _size(case) < _size(self.failing_case):
+                self.failing, self.failing_case = o, case
+
+
+def _size(case: Case) -> tuple:
+    return (int(np.prod(case.shape)), case.steps, case.num_features, case.kappa)
+
+
+def shrink(impl, case: Case, clause: str, device, spec, profile, applicable, budget: int = 40):
+    """Greedy shrink of a failing case: smaller shapes, fewer steps, simpler values, while
+    the clause still fails. Deterministic and cheap; returns (case, outcome)."""
+    def fails(c):
+        try:
+            outs, _, _ = evaluate(impl, c, device, spec, profile, applicable)
+        except Exception:
+            return None
+        return next((o for o in outs if o.clause == clause and not o.ok), None)
+
+    best = case
+    best_out = fails(case)
+    if best_out is None:
+        return case, None
+    tried = 0
+    improved = True
+    while improved and tried < budget:
+        improved = False
+        for cand in _candidates(best):
+            tried += 1
+            if tried > budget:
+                break
+            o = fails(cand)
+            if o is not None:
+                best, best_out, improved = cand, o, True
+                break
+    return best, best_out
+
+
+def _candidates(c: Case):
+    shape = list(c.shape)
+    for a in range(len(shape)):
+        if a == c.feature_axis or shape[a] <= 1:
+            continue
+        for new in (max(shape[a] // 2, 1), shape[a] - 1):
+            s = shape.copy()
+            s[a] = new
+            if int(np.prod(s)) // max(c.num_features, 1) >= min(2, c.n_per_channel) or c.n_per_channel <= 1:
+                yield c.replace(shape=tuple(s))
+    if shape[c.feature_axis] > 1:
+        s = shape.copy()
+        s[c.feature_axis] = max(1, shape[c.feature_axis] // 2)
+        yield c.replace(shape=tuple(s), special_channel=0)
+    if c.steps > 1:
+        yield c.replace(steps=c.steps - 1)
+    if c.log_scale != 0.0:
+        yield c.replace(log_scale=0.0)
+    if c.kappa > 0:
+        from .strategies import KAPPAS
+        lower = [k for k in KAPPAS if k < c.kappa]
+        if lower:
+            yield c.replace(kappa=lower[-1])
+    if c.affine == "random":
+        yield c.replace(affine="default")
+    if c.memory_format != "contiguous":
+        yield c.replace(memory_format="contiguous")
+    if c.seed != 0:
+        yield c.replace(seed=0)
+
+
+@dataclass
+class AuditResult:
+    tallies: dict                      # (clause, dtype) -> ClauseTally
+    cases: int
+    seconds: float
+    errors: list                       # harness-level problems (never the implementation's)
+    shrunk: dict = field(default_factory=dict)   # (clause, dtype) -> (case, outcome)
+
+
+def audit_implementation(impl, device, spec, profile, *, max_examples=100, seed=0, shrink_budget=30,
+                         progress=None, deadline_s=None) -> AuditResult:
+    """Explore cases with hypothesis (seeded, no example database), tally every outcome."""
+    from hypothesis import HealthCheck, Phase, example, given, settings
+    from hypothesis import seed as hseed
+
+    from .strategies import cases, pinned_for
+
+    applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
+    tallies: dict = {}
+    count = [0]
+    t0 = time.perf_counter()
+
+    def body(case):
+        if deadline_s and time.perf_counter() - t0 > deadline_s:
+            return
+        outs, _, _ = evaluate(impl, case, device, spec, profile, applicable)
+        count[0] += 1
+        for o in outs:
+            tallies.setdefault((o.clause, case.dtype), ClauseTally()).add(o, case)
+        if progress:
+            progress(count[0])
+
+    test = given(cases(impl.capabilities))(body)
+    for c in reversed(pinned_for(impl.capabilities)):
+        test = example(c)(test)
+    test = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
+                    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+                    print_blob=False)(test)
+    test = hseed(seed)(test)
+    test()
+
+    shrunk = {}
+    for key, t in tallies.items():
+        if t.failed and t.failing_case is not None and shrink_budget > 0:
+            shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, applicable, shrink_budget)
+    return AuditResult(tallies, count[0], time.perf_counter() - t0, [], shrunk)

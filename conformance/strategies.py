@@ -1,0 +1,164 @@
+"""Hypothesis strategies for conformance cases, shared by every implementation.
+
+A case is a few drawn parameters plus a seed (arrays come from NumPy, see case.py), so
+generation is fast and a case shrinks field by field. Draws stay inside what the
+implementation declares it can do; what it cannot do is reported as unsupported, never
+drawn and silently skipped. Value distributions are controlled: |mean|/std per channel
+from 0 to 1e4, tiny and large scales, constant channels, NaN/Inf in one channel.
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .case import DEFAULT, Case
+
+KAPPAS = (0.0, 0.5, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 1e4)
+LOG_SCALES = (-3.0, -1.0, 0.0, 0.0, 1.0, 3.0)
+EPS_VALUES = (1e-5, 1e-3, 1e-2, 0.1, 1e-4)
+# Largest |x| we let a dtype hold, so the mean plus a few std never overflows it.
+DTYPE_MAX_ABS = {"float16": 2e3, "bfloat16": 1e30, "float32": 1e30, "float64": 1e300}
+MAX_ELEMENTS = 4096
+
+
+def _feature_axis(rank: int, where: str) -> int:
+    return 1 if where == "first" else rank - 1
+
+
+@st.composite
+def shapes(draw, ranks, feature_axes, empty_batch=True, max_elements=MAX_ELEMENTS):
+    """(shape, feature_axis): batch first, feature axis first or last, small and large channels,
+    and the degenerate n = 1 per channel and empty batch."""
+    rank = draw(st.sampled_from(sorted(ranks)), label="rank")
+    where = draw(st.sampled_from(sorted(feature_axes)), label="feature axis")
+    fa = _feature_axis(rank, where)
+    kind = draw(st.sampled_from(["normal"] * 8 + ["one_value", "empty"] * 1), label="shape kind")
+    channels = draw(st.sampled_from([1, 2, 3, 4, 5, 8, 16, 64]), label="channels")
+    dims = [0] * rank
+    dims[fa] = channels
+    others = [a for a in range(rank) if a != fa]
+    if kind == "one_value":
+        for a in others:
+            dims[a] = 1
+    else:
+        for a in others:
+            dims[a] = draw(st.integers(1, 8 if a == 0 else 6), label=f"dim {a}")
+        while int(np.prod(dims)) > max_elements:
+            a = max(others, key=lambda i: dims[i])
+            dims[a] = max(1, dims[a] // 2)
+        if int(np.prod(dims)) // channels < 2:
+            dims[others[0]] = 2
+        if kind == "empty" and empty_batch and fa != 0:
+            dims[0] = 0
+    return tuple(dims), fa
+
+
+@st.composite
+def cases(draw, caps: dict, dtypes=None):
+    """A Case within the capabilities `caps` (see adapters/_protocol.py)."""
+    shape, fa = draw(shapes(caps["ranks"], caps["feature_axes"], caps.get("empty_batch", True)))
+    allowed = [d for d in caps["dtypes"] if dtypes is None or d in dtypes]
+    dtype = draw(st.sampled_from(allowed * 3 if len(allowed) == 1 else
+                                 [d for d in allowed for _ in range(3 if d == "float32" else 1)]), label="dtype")
+    affine_opts = ["random", "random"]
+    if caps.get("default_init", True):
+        affine_opts.append("default")
+    if caps.get("affine_off", True):
+        affine_opts.append("off")
+    affine = draw(st.sampled_from(affine_opts), label="affine")
+    mom_opts: list = []
+    if caps.get("explicit_momentum", True):
+        mom_opts.append(draw(st.sampled_from([0.1, 0.01, 0.5, 0.9, 0.99]) | st.floats(0.01, 0.99), label="momentum value"))
+    if caps.get("default_momentum", True):
+        mom_opts.append(DEFAULT)
+    if caps.get("momentum_none", False):
+        mom_opts.append(None)
+    momentum = draw(st.sampled_from(mom_opts or [DEFAULT]), label="momentum")
+    eps_opts = [draw(st.sampled_from(EPS_VALUES) | st.floats(1e-6, 0.1), label="eps value")]
+    if caps.get("default_eps", True):
+        eps_opts.append(DEFAULT)
+    eps = draw(st.sampled_from(eps_opts), label="eps")
+    log_scale = draw(st.sampled_from(LOG_SCALES), label="log10 scale")
+    kappa = draw(st.sampled_from(KAPPAS), label="|mean|/std")
+    limit = DTYPE_MAX_ABS[dtype]
+    if dtype == "float16":
+        log_scale = min(max(log_scale, -2.0), 1.0)
+    while kappa > 0 and (kappa + 6) * 2 * 10 ** log_scale > limit:
+        kappa = KAPPAS[max(KAPPAS.index(kappa) - 1, 0)] if kappa in KAPPAS else 0.0
+    special = draw(st.sampled_from(["none"] * 9 + ["constant", "nan", "inf"]), label="special")
+    track = True
+    if caps.get("no_running_stats", False):
+        track = draw(st.sampled_from([True, True, True, False]), label="track_running_stats")
+    memory_format = "contiguous"
+    if caps.get("channels_last_memory") and len(shape) in (4, 5) and fa == 1:
+        memory_format = draw(st.sampled_from(["contiguous", "channels_last"]), label="memory format")
+    return Case(
+        seed=draw(st.integers(0, 2 ** 31 - 1), label="seed"),
+        shape=shape, feature_axis=fa, dtype=dtype,
+        steps=draw(st.integers(1, 3), label="training steps"),
+        affine=affine, momentum=momentum, eps=eps, kappa=float(kappa), log_scale=float(log_scale),
+        special=special, special_channel=draw(st.integers(0, 63), label="special channel"),
+        track_running_stats=track, memory_format=memory_format,
+        grads=bool(caps.get("grads", True)),
+    )
+
+
+def fits(case: Case, caps: dict) -> bool:
+    """Whether a pinned case is within an implementation's capabilities."""
+    where = "first" if case.feature_axis == 1 else "last"
+    if case.feature_axis == case.rank - 1 and "last" in caps["feature_axes"]:
+        where = "last"
+    return (case.rank in caps["ranks"] and where in caps["feature_axes"] and case.dtype in caps["dtypes"]
+            and (case.momentum != DEFAULT or caps.get("default_momentum", True))
+            and (case.momentum is not None or caps.get("momentum_none", False))
+            and (case.eps != DEFAULT or caps.get("default_eps", True))
+            and (case.affine != "default" or caps.get("default_init", True))
+            and (case.affine != "off" or caps.get("affine_off", True))
+            and (case.track_running_stats or caps.get("no_running_stats", False))
+            and (case.memory_format == "contiguous" or caps.get("channels_last_memory", False))
+            and (case.shape[0] != 0 or caps.get("empty_batch", True)))
+
+
+# Regressions and the clauses' sharpest probes, pinned so that every run exercises them
+# (hypothesis @example). Each is adapted to an implementation's layout by `pinned_for`.
+PINNED = [
+    # one-pass variance at |mean|/std = 1e4 (google/flax#1491, tensorflow/tensorflow#118701)
+    dict(seed=1, shape=(8, 4, 6, 6), dtype="float32", kappa=1e4, eps=1e-5, momentum=0.1),
+    # |mean|/std = 100 is where the float32 one-pass variance leaves the model
+    dict(seed=2, shape=(16, 3, 4, 4), dtype="float32", kappa=100.0, eps=1e-5, momentum=0.1),
+    # n = 2: biased vs unbiased running variance differ by 2x (keras-team/keras#8982)
+    dict(seed=3, shape=(2, 5), dtype="float32", kappa=0.0, eps=1e-3, momentum=0.5, steps=2),
+    # one value per channel (pytorch/pytorch#4534)
+    dict(seed=4, shape=(1, 3, 1, 1), dtype="float32", eps=1e-5, momentum=0.1),
+    # variance comparable to eps: eps placement shows (keras-team/keras#8726)
+    dict(seed=5, shape=(4, 3, 5, 5), dtype="float32", log_scale=-3.0, eps=1e-5, momentum=0.1),
+    # framework defaults for eps and momentum, and default initialisation
+    dict(seed=6, shape=(4, 6, 3, 3), dtype="float32", eps=DEFAULT, momentum=DEFAULT, affine="default", steps=3),
+    # float16 statistics (chainer/chainer#6323) and float64 end to end
+    dict(seed=7, shape=(8, 4, 8, 8), dtype="float16", kappa=10.0, eps=1e-3, momentum=0.1),
+    dict(seed=8, shape=(8, 4, 4, 4), dtype="float64", kappa=3.0, eps=1e-5, momentum=0.1),
+]
+
+
+def pinned_for(caps: dict) -> list[Case]:
+    out = []
+    for p in PINNED:
+        p = dict(p)
+        shape = p.pop("shape")
+        for rank_shape in (shape, shape[:2] + shape[2:3] if len(shape) > 2 else shape):
+            if len(rank_shape) not in caps["ranks"]:
+                continue
+            for where in caps["feature_axes"]:
+                fa = _feature_axis(len(rank_shape), where)
+                s = list(rank_shape)
+                if fa != 1:  # move the channel count to the last axis
+                    s[1], s[fa] = s[fa], s[1]
+                c = Case(shape=tuple(s), feature_axis=fa, **p)
+                c = c.replace(grads=bool(caps.get("grads", True)))
+                if fits(c, caps):
+                    out.append(c)
+                    break
+            else:
+                continue
+            break
+    return out

@@ -1,0 +1,81 @@
+"""Drive one implementation through a case: training steps, then eval. NumPy only and no
+bnconf import, so that a reproducer can embed this file and run without the suite."""
+import traceback
+
+import numpy as np
+
+
+def _err(phase, exc):
+    tb = traceback.extract_tb(exc.__traceback__)
+    last = tb[-1] if tb else None
+    return {"phase": phase, "type": type(exc).__name__, "message": str(exc)[:2000],
+            "where": f"{last.filename}:{last.lineno}" if last else "",
+            "unsupported": type(exc).__name__ == "Unsupported"}
+
+
+def _snapshot(params):
+    return {k: params[k].copy() for k in ("weight", "bias") if params.get(k) is not None}
+
+
+def _stats(inst, out, prefix):
+    st = inst.running_stats()
+    if st is not None:
+        out[prefix + "running_mean"] = np.asarray(st[0], np.float64).reshape(-1)
+        out[prefix + "running_var"] = np.asarray(st[1], np.float64).reshape(-1)
+    c = inst.counter()
+    if c is not None:
+        out[prefix + "counter"] = int(c)
+
+
+def _forward(inst, x, training, dy, out, prefix, params, snap):
+    before = x.copy()
+    r = inst.forward(x, training, dy)
+    out[prefix + "y"] = np.asarray(r["y"])
+    out[prefix + "y_dtype"] = r.get("y_dtype", str(np.asarray(r["y"]).dtype))
+    for g in ("dx", "dweight", "dbias"):
+        if r.get(g) is not None:
+            out[prefix + g] = np.asarray(r[g], np.float64)
+    mutated = not np.array_equal(before, x, equal_nan=True)
+    for k, v in snap.items():
+        mutated = mutated or not np.array_equal(v, params[k], equal_nan=True)
+    out[prefix + "mutated"] = bool(mutated)
+
+
+def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), post=()):
+    """Returns a flat dict: init/…, train_K/…, eval/…, and `error` if a call raised.
+
+    post: (name, array) eval calls on the trained instance after the main eval.
+    extra: (name, mode, array, params) calls made on a fresh instance after the main trace, for the
+    relation checks (permuted, shifted, scaled inputs); each gets its own prefix.
+    """
+    out = {}
+    snap = _snapshot(params)
+    phase = "build"
+    try:
+        inst = impl.build(params, device)
+        _stats(inst, out, "init/")
+        for k in range(steps):
+            phase = f"train_{k}"
+            dy = arrays["dy_train"] if (grads and k == 0) else None
+            _forward(inst, arrays[f"x_train_{k}"], True, dy, out, phase + "/", params, snap)
+            _stats(inst, out, phase + "/")
+        phase = "eval"
+        _forward(inst, arrays["x_eval"], False, arrays["dy_eval"] if grads else None, out, "eval/", params, snap)
+        _stats(inst, out, "eval/")
+        for name, x in post:  # more eval calls on the same instance (BN-FOLD)
+            phase = f"post/{name}"
+            out[phase + "/y"] = np.asarray(inst.forward(x, False, None)["y"])
+    except Exception as exc:  # the implementation's failure is data, never our crash
+        out["error"] = _err(phase, exc)
+        return out
+    for name, mode, x, p in extra:
+        try:
+            fresh = impl.build(p if p is not None else params, device)
+            if mode == "eval_after_train":
+                fresh.forward(arrays["x_train_0"], True, None)
+                mode = "eval"
+            r = fresh.forward(x, mode == "train", None)
+            out[f"extra/{name}/y"] = np.asarray(r["y"])
+        except Exception as exc:
+            out[f"extra/{name}/error"] = _err(f"extra/{name}", exc)
+    return out

@@ -125,10 +125,11 @@ def _y_train_cmp(ctx, profile, model, eps):
         mask = ctx.channel_mask(x.shape)
         y_act = ctx.trace[key]
         if np.shape(y_act) != x.shape:
-            return compare(y_act, y_exp, 0.0)
+            return compare(y_act, y_exp, 0.0, key=key)
         bound = tolerance.y_train_bound(model, np.where(mask, x, 0), ctx.weight, ctx.bias, eps, ctx.fa,
                                         ctx.u_out(ctx.trace[f"train_{k}/y_dtype"]), _masked(y_exp, mask))
-        cmps.append(compare(_masked(y_act, mask), _masked(y_exp, mask), bound, note=f"training step {k}"))
+        cmps.append(compare(_masked(y_act, mask), _masked(y_exp, mask), np.where(mask, bound, np.inf),
+                            note=f"training step {k}", key=key))
     return _worst(cmps)
 
 
@@ -150,7 +151,8 @@ def y_train(ctx: Ctx):
     if base is None:
         return []
     case = ctx.case
-    kappa = max(float(np.max(_kappas(ctx))), 0.0)
+    ks = _kappas(ctx)
+    kappa = float(np.max(ks)) if ks.size else 0.0
     covered = ["BN-NORMALIZE", "BN-VAR-BIASED", "BN-EPS-INSIDE"]
     covered.append("BN-AFFINE-OFF" if case.affine == "off" else "BN-AFFINE")
     if case.dtype in ("float16", "bfloat16"):
@@ -172,8 +174,35 @@ def y_train(ctx: Ctx):
 
 def _kappas(ctx):
     from .case import channel_kappa
-    ks = [channel_kappa(ctx.arrays[f"x_train_{k}"], ctx.fa)[ctx.mask_special()] for k in range(ctx.case.steps)]
+    keep = np.ones(ctx.case.num_features, bool)
+    if ctx.case.special != "none":  # a constant channel's kappa is infinite by construction
+        keep[ctx.case.special_channel % ctx.case.num_features] = False
+    ks = [channel_kappa(ctx.arrays[f"x_train_{k}"], ctx.fa)[keep] for k in range(ctx.case.steps)]
     return np.concatenate(ks) if ks else np.zeros(1)
+
+
+def numeric_attribution(ctx, clause, cmp_fn, base, conditioning=True):
+    """A failing comparison that a precision or conditioning explains is attributed there:
+    float64 computed in float32 (BN-DTYPE-F64: within the float32 model and >= 1e3 times the
+    float64 bound), low-precision statistics (BN-DTYPE-ACCUM), an ill-conditioned case
+    (BN-VAR-STABLE). cmp_fn(model) recomputes the comparison under another model."""
+    case = ctx.case
+    if case.dtype == "float64" and base.ratio >= 1e3:
+        alt = cmp_fn(ctx.model.with_compute("float32"))
+        if alt is not None and alt.ok:
+            return Outcome("BN-DTYPE-F64", False, base, f"{clause}: within the model only at float32 precision",
+                           {"compute_dtype": "float32"})
+    if case.dtype in ("float16", "bfloat16"):
+        alt = cmp_fn(ctx.model.with_compute(case.dtype))
+        if alt is not None and alt.ok:
+            return Outcome("BN-DTYPE-ACCUM", False, base, f"{clause}: within the model only at {case.dtype} precision")
+    if conditioning:
+        ks = _kappas(ctx)
+        kappa = float(np.max(ks)) if ks.size else 0.0
+        if kappa >= ctx.kappa_thr:
+            return Outcome("BN-VAR-STABLE", False, base, f"{clause}: ill-conditioned case, |mean|/std = {kappa:.3g}",
+                           {"variance_algorithm": "one_pass"})
+    return Outcome(clause, False, base)
 
 
 def _attribute_y(ctx, base, kappa, covered):
@@ -191,18 +220,9 @@ def _attribute_y(ctx, base, kappa, covered):
             cmp = _y_train_cmp(ctx, ctx.profile, ctx.model, e)
             if cmp is not None and cmp.ok:
                 return Outcome("BN-DEFAULT-EPS", False, base, f"matches eps={e:g}", {"default_eps": e})
-    if case.dtype in ("float16", "bfloat16"):
-        cmp = _y_train_cmp(ctx, ctx.profile, ctx.model.with_compute(case.dtype), ctx.eps)
-        if cmp is not None and cmp.ok:
-            return Outcome("BN-DTYPE-ACCUM", False, base, f"within the model only at {case.dtype} precision")
-    if case.dtype == "float64":
-        cmp = _y_train_cmp(ctx, ctx.profile, ctx.model.with_compute("float32"), ctx.eps)
-        if cmp is not None and cmp.ok:
-            return Outcome("BN-DTYPE-F64", False, base, "within the model only at float32 precision",
-                           {"compute_dtype": "float32"})
-    if kappa >= ctx.kappa_thr:
-        return Outcome("BN-VAR-STABLE", False, base, f"ill-conditioned case: |mean|/std = {kappa:.3g}",
-                       {"variance_algorithm": "one_pass"})
+    num = numeric_attribution(ctx, "BN-NORMALIZE", lambda m: _y_train_cmp(ctx, ctx.profile, m, ctx.eps), base)
+    if num.clause != "BN-NORMALIZE":
+        return num
     if case.special == "constant":
         return Outcome("BN-CONSTANT-CHANNEL", False, base, "case has a constant channel")
     if case.special in ("nan", "inf"):
@@ -223,12 +243,17 @@ def mean_relation(ctx: Ctx):
         return []
     axes = oracle.reduce_axes(x.ndim, ctx.fa)
     y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
-    bound = tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
-                                    ctx.u_out(ctx.trace["train_0/y_dtype"]), y_exp)
     n = int(np.prod([x.shape[a] for a in axes]))
-    allowed = bound.mean(axis=axes) + ctx.model.safety * ctx.model.growth(n) * ctx.model.u_c * np.abs(y).mean(axis=axes)
     beta = np.zeros(x.shape[ctx.fa]) if ctx.bias is None else np.asarray(ctx.bias, np.float64)
-    cmp = compare(y.mean(axis=axes), beta, allowed, "per-channel mean of y vs beta")
+
+    def cmp_fn(model):
+        bound = tolerance.y_train_bound(model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
+                                        ctx.u_out(ctx.trace["train_0/y_dtype"]), y_exp)
+        allowed = bound.mean(axis=axes) + model.safety * model.growth(n) * model.u_c * np.abs(y).mean(axis=axes)
+        return compare(y.mean(axis=axes), beta, allowed, "per-channel mean of y vs beta", key="train_0/y:mean")
+    cmp = cmp_fn(ctx.model)
+    if not cmp.ok:
+        return [numeric_attribution(ctx, "BN-MEAN", cmp_fn, cmp)]
     return [Outcome("BN-MEAN", cmp.ok, cmp)]
 
 
@@ -243,14 +268,15 @@ def _init_state(ctx):
     return np.asarray(m, float), np.asarray(v, float)
 
 
-def _running_cmp(ctx, profile, momentum):
+def _running_cmp(ctx, profile, momentum, model=None):
+    model = model or ctx.model
     init = _init_state(ctx)
     if profile.momentum_form == "debiased_ema":
         init = (np.zeros_like(init[0]), np.zeros_like(init[1]))
     state = (init[0], init[1], np.zeros_like(init[0]), np.zeros_like(init[1]), 0)
     batches = [ctx.arrays[f"x_train_{k}"] for k in range(ctx.case.steps)]
     u_state = ctx.u_out(ctx.case.dtype)
-    bounds = tolerance.running_bounds(ctx.model, batches, momentum, profile, ctx.fa, init, u_state)
+    bounds = tolerance.running_bounds(model, batches, momentum, profile, ctx.fa, init, u_state)
     keep = ctx.mask_special()
     cm, cv = [], []
     for k, x in enumerate(batches):
@@ -259,8 +285,10 @@ def _running_cmp(ctx, profile, momentum):
         am, av = ctx.trace.get(f"train_{k}/running_mean"), ctx.trace.get(f"train_{k}/running_var")
         if am is None:
             return None, None
-        cm.append(compare(np.where(keep, am, 0), np.where(keep, state[0], 0), bounds[k][0], f"after step {k}"))
-        cv.append(compare(np.where(keep, av, 0), np.where(keep, state[1], 0), bounds[k][1], f"after step {k}"))
+        cm.append(compare(np.where(keep, am, 0), np.where(keep, state[0], 0), np.where(keep, bounds[k][0], np.inf),
+                          f"after step {k}", key=f"train_{k}/running_mean"))
+        cv.append(compare(np.where(keep, av, 0), np.where(keep, state[1], 0), np.where(keep, bounds[k][1], np.inf),
+                          f"after step {k}", key=f"train_{k}/running_var"))
     return _worst(cm), _worst(cv)
 
 
@@ -292,7 +320,7 @@ def running_stats(ctx: Ctx):
         out.append(Outcome(m_clause, True, cm))
         if cv2 is not None and cv2.ok:
             return out + [Outcome(v_clause, False, cv, f"matches running_variance={alt}", {"running_variance": alt})]
-        return out + [Outcome(v_clause, False, cv)]
+        return out + [numeric_attribution(ctx, v_clause, lambda m: _running_cmp(ctx, p, ctx.momentum, m)[1], cv)]
     if not cumulative and p.momentum_form in FLIPS["momentum_form"]:
         alt = next(v for v in FLIPS["momentum_form"] if v != p.momentum_form)
         for prof in (p.with_convention(momentum_form=alt),
@@ -312,9 +340,10 @@ def running_stats(ctx: Ctx):
             cm2, cv2 = _running_cmp(ctx, p, m)
             if cm2 is not None and cm2.ok:
                 return [Outcome("BN-DEFAULT-MOMENTUM", False, cm, f"matches momentum={m:g}", {"default_momentum": m})]
-    out.append(Outcome(m_clause, False, cm))
+    if not cm.ok:
+        out.append(numeric_attribution(ctx, m_clause, lambda m: _running_cmp(ctx, p, ctx.momentum, m)[0], cm))
     if not cv.ok:
-        out.append(Outcome(v_clause, False, cv))
+        out.append(numeric_attribution(ctx, v_clause, lambda m: _running_cmp(ctx, p, ctx.momentum, m)[1], cv))
     return out
 
 
@@ -326,7 +355,7 @@ def initial_state(ctx: Ctx):
     c = ctx.case.num_features
     exp = np.concatenate([np.full(c, init["running_mean"]), np.full(c, init["running_var"])])
     act = np.concatenate([ctx.trace["init/running_mean"], ctx.trace["init/running_var"]])
-    cmp = compare(act, exp, 0.0, "initial running mean then running var")
+    cmp = compare(act, exp, 0.0, "initial running mean then running var", key="init/running_mean+var")
     return [Outcome("BN-INIT", cmp.ok, cmp)]
 
 
@@ -362,9 +391,13 @@ def y_eval(ctx: Ctx):
     m = oracle._per_feature(rm, x.ndim, ctx.fa)
     v = oracle._per_feature(rv, x.ndim, ctx.fa)
     y_exp = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.profile.eps_placement)
-    bound = tolerance.y_eval_bound(ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
-                                   ctx.u_out(ctx.trace["eval/y_dtype"]), y_exp)
-    cmp = compare(ctx.trace["eval/y"], y_exp, bound, "eval output with the reported running statistics")
+
+    def cmp_fn(model):
+        bound = tolerance.y_eval_bound(model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
+                                       ctx.u_out(ctx.trace["eval/y_dtype"]), y_exp)
+        return compare(ctx.trace["eval/y"], y_exp, bound, "eval output with the reported running statistics",
+                       key="eval/y")
+    cmp = cmp_fn(ctx.model)
     if cmp.ok:
         return [Outcome("BN-EVAL-RUNNING", True, cmp)]
     y_batch = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
@@ -372,7 +405,7 @@ def y_eval(ctx: Ctx):
                                  ctx.u_out(ctx.trace["eval/y_dtype"]), y_batch)
     if compare(ctx.trace["eval/y"], y_batch, b2).ok:
         return [Outcome("BN-EVAL-RUNNING", False, cmp, "eval normalized with batch statistics")]
-    return [Outcome("BN-EVAL-RUNNING", False, cmp)]
+    return [numeric_attribution(ctx, "BN-EVAL-RUNNING", cmp_fn, cmp, conditioning=False)]
 
 
 @check("y_eval_no_running", emits=("BN-EVAL-BATCH",))
@@ -381,10 +414,15 @@ def y_eval_no_running(ctx: Ctx):
         return []
     x = ctx.arrays["x_eval"]
     y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
-    bound = tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
-                                    ctx.u_out(ctx.trace["eval/y_dtype"]), y_exp)
-    cmp = compare(ctx.trace["eval/y"], y_exp, bound, "eval output with batch statistics")
-    return [Outcome("BN-EVAL-BATCH", cmp.ok, cmp)]
+
+    def cmp_fn(model):
+        bound = tolerance.y_train_bound(model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
+                                        ctx.u_out(ctx.trace["eval/y_dtype"]), y_exp)
+        return compare(ctx.trace["eval/y"], y_exp, bound, "eval output with batch statistics", key="eval/y")
+    cmp = cmp_fn(ctx.model)
+    if not cmp.ok:
+        return [numeric_attribution(ctx, "BN-EVAL-BATCH", cmp_fn, cmp)]
+    return [Outcome("BN-EVAL-BATCH", True, cmp)]
 
 
 @check("eval_no_update", emits=("BN-EVAL-NO-UPDATE",))
@@ -394,7 +432,7 @@ def eval_no_update(ctx: Ctx):
         return []
     before = np.concatenate([rm, rv])
     after = np.concatenate([ctx.trace["eval/running_mean"], ctx.trace["eval/running_var"]])
-    cmp = compare(after, before, 0.0, "running statistics after eval vs before")
+    cmp = compare(after, before, 0.0, "running statistics after eval vs before", key="eval/running_mean+var")
     return [Outcome("BN-EVAL-NO-UPDATE", cmp.ok, cmp)]
 
 
@@ -406,12 +444,17 @@ def grads_train(ctx: Ctx):
     x, dy = ctx.arrays["x_train_0"], ctx.arrays["dy_train"]
     exp = oracle.grads_train(x, dy, ctx.weight, ctx.eps, ctx.fa)
     u = ctx.u_out(ctx.case.dtype)
-    bounds = tolerance.grads_train_bound(ctx.model, x, dy, ctx.weight, ctx.eps, ctx.fa, u, exp)
-    cmps = [compare(ctx.trace["train_0/dx"], exp[0], bounds[0], "dx")]
-    if "train_0/dweight" in ctx.trace and ctx.case.affine != "off":
-        cmps.append(compare(ctx.trace["train_0/dweight"], exp[1], bounds[1], "dgamma"))
-        cmps.append(compare(ctx.trace["train_0/dbias"], exp[2], bounds[2], "dbeta"))
-    w = _worst(cmps)
+
+    def cmp_fn(model):
+        bounds = tolerance.grads_train_bound(model, x, dy, ctx.weight, ctx.eps, ctx.fa, u, exp)
+        cmps = [compare(ctx.trace["train_0/dx"], exp[0], bounds[0], "dx", key="train_0/dx")]
+        if "train_0/dweight" in ctx.trace and ctx.case.affine != "off":
+            cmps.append(compare(ctx.trace["train_0/dweight"], exp[1], bounds[1], "dgamma", key="train_0/dweight"))
+            cmps.append(compare(ctx.trace["train_0/dbias"], exp[2], bounds[2], "dbeta", key="train_0/dbias"))
+        return _worst(cmps)
+    w = cmp_fn(ctx.model)
+    if not w.ok:
+        return [numeric_attribution(ctx, "BN-GRAD-TRAIN", cmp_fn, w)]
     return [Outcome("BN-GRAD-TRAIN", w.ok, w)]
 
 
@@ -421,20 +464,26 @@ def grads_eval(ctx: Ctx):
         return []
     x, dy = ctx.arrays["x_eval"], ctx.arrays["dy_eval"]
     u = ctx.u_out(ctx.case.dtype)
-    if _eval_tracked(ctx):
-        rm, rv = _stats_before_eval(ctx)
-        if rm is None:
-            return []
-        exp = oracle.grads_eval(x, dy, ctx.weight, rm, rv, ctx.eps, ctx.fa)
-        bounds = tolerance.grads_eval_bound(ctx.model, x, dy, ctx.weight, rm, rv, ctx.eps, ctx.fa, u, exp)
-    else:
-        exp = oracle.grads_train(x, dy, ctx.weight, ctx.eps, ctx.fa)
-        bounds = tolerance.grads_train_bound(ctx.model, x, dy, ctx.weight, ctx.eps, ctx.fa, u, exp)
-    cmps = [compare(ctx.trace["eval/dx"], exp[0], bounds[0], "dx (eval)")]
-    if "eval/dweight" in ctx.trace and ctx.case.affine != "off":
-        cmps.append(compare(ctx.trace["eval/dweight"], exp[1], bounds[1], "dgamma (eval)"))
-        cmps.append(compare(ctx.trace["eval/dbias"], exp[2], bounds[2], "dbeta (eval)"))
-    w = _worst(cmps)
+    tracked = _eval_tracked(ctx)
+    rm, rv = _stats_before_eval(ctx)
+    if tracked and rm is None:
+        return []
+    exp = (oracle.grads_eval(x, dy, ctx.weight, rm, rv, ctx.eps, ctx.fa) if tracked
+           else oracle.grads_train(x, dy, ctx.weight, ctx.eps, ctx.fa))
+
+    def cmp_fn(model):
+        if tracked:
+            bounds = tolerance.grads_eval_bound(model, x, dy, ctx.weight, rm, rv, ctx.eps, ctx.fa, u, exp)
+        else:
+            bounds = tolerance.grads_train_bound(model, x, dy, ctx.weight, ctx.eps, ctx.fa, u, exp)
+        cmps = [compare(ctx.trace["eval/dx"], exp[0], bounds[0], "dx (eval)", key="eval/dx")]
+        if "eval/dweight" in ctx.trace and ctx.case.affine != "off":
+            cmps.append(compare(ctx.trace["eval/dweight"], exp[1], bounds[1], "dgamma (eval)", key="eval/dweight"))
+            cmps.append(compare(ctx.trace["eval/dbias"], exp[2], bounds[2], "dbeta (eval)", key="eval/dbias"))
+        return _worst(cmps)
+    w = cmp_fn(ctx.model)
+    if not w.ok:
+        return [numeric_attribution(ctx, "BN-GRAD-EVAL", cmp_fn, w, conditioning=not tracked)]
     return [Outcome("BN-GRAD-EVAL", w.ok, w)]
 
 
@@ -465,7 +514,7 @@ def output_dtype(ctx: Ctx):
 @check("one_value", emits=("BN-ONE-VALUE",))
 def one_value(ctx: Ctx):
     case = ctx.case
-    if case.n_per_channel != 1 or case.shape[0] == 0:
+    if case.n_per_channel != 1 or case.shape[0] == 0 or case.special in ("nan", "inf"):
         return []
     err = ctx.trace.get("error")
     if err and err["unsupported"]:
@@ -485,7 +534,8 @@ def one_value(ctx: Ctx):
     y = ctx.trace.get("train_0/y")
     exp = np.broadcast_to(oracle._per_feature(beta, case.rank, ctx.fa), case.shape)
     u = ctx.u_out(ctx.trace.get("train_0/y_dtype", case.dtype))
-    cmp = compare(y, exp, (ctx.model.safety * ctx.model.u_c + u) * np.abs(exp), "training output with n = 1")
+    bound = tolerance.y_train_bound(ctx.model, ctx.arrays["x_train_0"], ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, exp)
+    cmp = compare(y, exp, bound, "training output with n = 1", key="train_0/y")
     stats_ok = all(np.all(np.isfinite(ctx.trace[k])) for k in ctx.trace if k.startswith("train_0/running"))
     ok = cmp.ok and stats_ok
     return [Outcome("BN-ONE-VALUE", ok, cmp, "" if stats_ok else "non-finite running statistics",
@@ -542,9 +592,11 @@ def relation_inputs(case: Case, arrays: dict) -> list:
         idx[case.feature_axis] = 0
         xc[tuple(idx)] = xc[tuple(idx)][::-1] * 2 if xc[tuple(idx)].ndim else xc[tuple(idx)] * 2
         extra.append(("chan", "train", xc, None))
-    std = float(np.std(x.astype(np.float64))) or 1.0
-    shift = float(np.float32((10.0 + 10 * case.kappa) * std))
     from .case import cast
+    from .strategies import DTYPE_MAX_ABS
+    std = float(np.std(x.astype(np.float64))) or 1.0
+    room = DTYPE_MAX_ABS[case.dtype] / 2 - float(np.max(np.abs(x.astype(np.float64))))
+    shift = float(np.float32(max(min((10.0 + 10 * case.kappa) * std, room), 0.0)))
     extra.append(("shift", "train", cast(x.astype(np.float64) + shift, case.dtype), None))
     if case.eps != "default":
         a = 2.0 ** (4 if rng.random() < 0.5 else -4)
@@ -570,20 +622,29 @@ def axes_relation(ctx: Ctx):
     perm = rng.permutation(flat.shape[0])
     y_perm_exp = np.moveaxis(flat[perm].reshape(moved.shape), -1, case.feature_axis)
     y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
-    bound = 2 * tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
-                                        ctx.u_out(t["train_0/y_dtype"]), y_exp)
-    bm = np.moveaxis(bound, case.feature_axis, -1).reshape(-1, bound.shape[case.feature_axis])[perm]
-    bound_p = np.moveaxis(bm.reshape(moved.shape), -1, case.feature_axis)
-    cmps = [compare(t["extra/perm/y"], y_perm_exp, bound_p, "output of the permuted input vs permuted output")]
-    if "extra/chan/y" in t:
-        yc = np.asarray(t["extra/chan/y"], np.float64)
-        keep = np.ones(case.num_features, bool)
-        keep[0] = False
-        mask = np.broadcast_to(keep.reshape([-1 if a == ctx.fa else 1 for a in range(y0.ndim)]), y0.shape)
-        if yc.shape == y0.shape:
-            cmps.append(compare(np.where(mask, yc, 0), np.where(mask, y0, 0), np.where(mask, bound, 0),
-                                "other channels' output after changing channel 0"))
-    w = _worst(cmps)
+    keep = np.ones(case.num_features, bool)
+    keep[0] = False
+    mask = np.broadcast_to(keep.reshape([-1 if a == ctx.fa else 1 for a in range(y0.ndim)]), y0.shape)
+
+    def cmp_fn(model):
+        bound = 2 * tolerance.y_train_bound(model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
+                                            ctx.u_out(t["train_0/y_dtype"]), y_exp)
+        bm = np.moveaxis(bound, case.feature_axis, -1).reshape(-1, bound.shape[case.feature_axis])[perm]
+        bound_p = np.moveaxis(bm.reshape(moved.shape), -1, case.feature_axis)
+        cmps = [compare(t["extra/perm/y"], y_perm_exp, bound_p, "output of the permuted input vs permuted output",
+                        key="extra/perm/y")]
+        if "extra/chan/y" in t:
+            yc = np.asarray(t["extra/chan/y"], np.float64)
+            if yc.shape == y0.shape:
+                cmps.append(compare(np.where(mask, yc, 0), np.where(mask, y0, 0), np.where(mask, bound, np.inf),
+                                    "other channels' output after changing channel 0", key="extra/chan/y"))
+        return _worst(cmps)
+    w = cmp_fn(ctx.model)
+    if not w.ok:
+        o = numeric_attribution(ctx, "BN-AXES", cmp_fn, w)
+        if o.clause == "BN-AXES":
+            o.measured = {"reduction": "other"}
+        return [o]
     return [Outcome("BN-AXES", w.ok, w, measured={} if w.ok else {"reduction": "other"})]
 
 
@@ -597,11 +658,16 @@ def shift_invariance(ctx: Ctx):
     y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
     ys_exp = oracle.train_forward(xs, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
     u = ctx.u_out(t["train_0/y_dtype"])
-    bound = (tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, y_exp)
-             + tolerance.y_train_bound(ctx.model, xs, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, ys_exp)
-             + np.abs(ys_exp - y_exp))  # the shifted input was rounded to the dtype
     ys = np.asarray(t["extra/shift/y"], np.float64)
-    cmp = compare(ys, t["train_0/y"], bound, "y(x + c) vs y(x)")
+
+    def cmp_fn(model):
+        bound = (tolerance.y_train_bound(model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, y_exp)
+                 + tolerance.y_train_bound(model, xs, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, ys_exp)
+                 + np.abs(ys_exp - y_exp))  # the shifted input was rounded to the dtype
+        return compare(ys, t["train_0/y"], bound, "y(x + c) vs y(x)", key="extra/shift/y")
+    cmp = cmp_fn(ctx.model)
+    if not cmp.ok:
+        return [numeric_attribution(ctx, "BN-SHIFT-INVARIANCE", cmp_fn, cmp, conditioning=False)]
     return [Outcome("BN-SHIFT-INVARIANCE", cmp.ok, cmp)]
 
 
@@ -616,10 +682,15 @@ def scale_invariance(ctx: Ctx):
     u = ctx.u_out(t["train_0/y_dtype"])
     y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
     ys_exp = oracle.train_forward(xs, ctx.weight, ctx.bias, eps_s, ctx.fa, ctx.profile)[0]
-    bound = (tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, y_exp)
-             + tolerance.y_train_bound(ctx.model, xs, ctx.weight, ctx.bias, eps_s, ctx.fa, u, ys_exp)
-             + np.abs(ys_exp - y_exp))  # nonzero only if the scaled input under/overflowed
-    cmp = compare(t["extra/scale/y"], t["train_0/y"], bound, f"y(a x; a^2 eps) vs y(x; eps), a = {e[3]['_scale']:g}")
+    def cmp_fn(model):
+        bound = (tolerance.y_train_bound(model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, y_exp)
+                 + tolerance.y_train_bound(model, xs, ctx.weight, ctx.bias, eps_s, ctx.fa, u, ys_exp)
+                 + np.abs(ys_exp - y_exp))  # nonzero only if the scaled input under/overflowed
+        return compare(t["extra/scale/y"], t["train_0/y"], bound,
+                       f"y(a x; a^2 eps) vs y(x; eps), a = {e[3]['_scale']:g}", key="extra/scale/y")
+    cmp = cmp_fn(ctx.model)
+    if not cmp.ok:
+        return [numeric_attribution(ctx, "BN-SCALE-INVARIANCE", cmp_fn, cmp, conditioning=False)]
     return [Outcome("BN-SCALE-INVARIANCE", cmp.ok, cmp)]
 
 
@@ -640,13 +711,18 @@ def fold(ctx: Ctx):
     shift = b - a * np.asarray(rm, np.float64)
     A = oracle._per_feature(a, x.ndim, ctx.fa)
     B = oracle._per_feature(shift, x.ndim, ctx.fa)
-    cmps = []
-    for name, xx in (("double", 2 * x), ("zero", 0 * x)):
-        exp = A * xx + B
-        bound = tolerance.y_eval_bound(ctx.model, xx, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
-                                       ctx.u_out(t["eval/y_dtype"]), exp)
-        cmps.append(compare(t[f"post/{name}/y"], exp, bound, f"eval of {name} input vs folded affine map"))
-    w = _worst(cmps)
+    def cmp_fn(model):
+        cmps = []
+        for name, xx in (("double", 2 * x), ("zero", 0 * x)):
+            exp = A * xx + B
+            bound = tolerance.y_eval_bound(model, xx, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
+                                           ctx.u_out(t["eval/y_dtype"]), exp)
+            cmps.append(compare(t[f"post/{name}/y"], exp, bound, f"eval of {name} input vs folded affine map",
+                                key=f"post/{name}/y"))
+        return _worst(cmps)
+    w = cmp_fn(ctx.model)
+    if not w.ok:
+        return [numeric_attribution(ctx, "BN-FOLD", cmp_fn, w, conditioning=False)]
     return [Outcome("BN-FOLD", w.ok, w)]
 
 

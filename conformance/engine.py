@@ -22,6 +22,10 @@ REQUIRES = {
     "BN-DEFAULT-EPS": "default_eps", "BN-DEFAULT-MOMENTUM": "default_momentum",
     "BN-INIT": "default_init", "BN-EMPTY-BATCH": "empty_batch",
     "BN-DTYPE-ACCUM": "low_precision", "BN-DTYPE-F64": "float64",
+    "BN-MOMENTUM-BATCH-WEIGHT": "running_stats", "BN-MOMENTUM-OLD-WEIGHT": "running_stats",
+    "BN-MOMENTUM-DEBIASED": "running_stats", "BN-RUNVAR-UNBIASED": "running_stats",
+    "BN-RUNVAR-BIASED": "running_stats", "BN-EVAL-RUNNING": "running_stats", "BN-EVAL-NO-UPDATE": "running_stats",
+    "BN-FOLD": "running_stats", "BN-GRAD-EVAL": "eval_mode",
 }
 
 
@@ -30,6 +34,11 @@ def capability_ok(caps: dict, need: str) -> bool:
         return bool({"float16", "bfloat16"} & set(caps["dtypes"]))
     if need == "float64":
         return "float64" in caps["dtypes"]
+    if need == "no_running_stats":
+        return bool(caps.get("no_running_stats", False) or not caps.get("running_stats", True))
+    if need == "eval_mode":
+        return caps.get("grads", False) and (caps.get("running_stats", True) or caps.get("no_running_stats", False)
+                                             or caps.get("eval_batch_stats", False))
     return bool(caps.get(need, False))
 
 

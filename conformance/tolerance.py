@@ -33,6 +33,16 @@ UNIT_ROUNDOFF = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "float32": 2.0 **
                  "float64": 2.0 ** -53}
 
 
+# Half the spacing of the dtype's subnormals: below the smallest normal number, rounding
+# error is absolute, fl(x) = x(1 + d) + e with |e| <= ETA (Higham, Accuracy and Stability, 2.2).
+ETA = {2.0 ** -11: 2.0 ** -25, 2.0 ** -8: 2.0 ** -134, 2.0 ** -24: 2.0 ** -150, 2.0 ** -53: 2.0 ** -1075}
+
+
+def rounding(u_out: float, v):
+    """One rounding of |v| to a dtype with unit roundoff u_out, subnormals included."""
+    return u_out * v + ETA.get(u_out, 0.0)
+
+
 def unit_roundoff(dtype: str) -> float:
     try:
         return UNIT_ROUNDOFF[str(dtype)]
@@ -100,7 +110,7 @@ def y_train_bound(model, x, weight, bias, eps, feature_axis, u_out, y_expected):
     dxh = xhat_error(model, x, mean, var, eps, e_mu, e_var)
     g, b = _gb(weight, bias, x.ndim, feature_axis)
     y = np.abs(y_expected)
-    return g * dxh + model.safety * model.u_c * (y + b) + u_out * y
+    return g * dxh + model.safety * model.u_c * (y + b) + rounding(u_out, y)
 
 
 def y_eval_bound(model, x, weight, bias, run_mean, run_var, eps, feature_axis, u_out, y_expected):
@@ -111,7 +121,7 @@ def y_eval_bound(model, x, weight, bias, run_mean, run_var, eps, feature_axis, u
     s = np.sqrt(np.abs(v) + eps)
     g, b = _gb(weight, bias, x.ndim, feature_axis)
     y = np.abs(y_expected)
-    return model.safety * model.u_c * (g * (np.abs(x) + np.abs(m)) / s + 2 * y + b) + u_out * y
+    return model.safety * model.u_c * (g * (np.abs(x) + np.abs(m)) / s + 2 * y + b) + rounding(u_out, y)
 
 
 def running_bounds(model, batches, momentum, profile, feature_axis, initial, u_state):
@@ -157,10 +167,10 @@ def grads_train_bound(model, x, dy, weight, eps, feature_axis, u_out, expected):
     m_dy_dxh = (dy * dxh).mean(axis=axes, keepdims=True)
     dx_exp, dg_exp, db_exp = expected
     dx_b = (g / np.sqrt(s2) * (S * u * (dy + gr * m_dy + x_hat * gr * m_dyx) + dxh * m_dyx + x_hat * m_dy_dxh)
-            + np.abs(dx_exp) * (e_var / (2 * s2) + S * u) + u_out * np.abs(dx_exp))
+            + np.abs(dx_exp) * (e_var / (2 * s2) + S * u) + rounding(u_out, np.abs(dx_exp)))
     dg_b = (S * gr * u * (dy * x_hat).sum(axis=axes) + (dy * dxh).sum(axis=axes)
-            + u_out * np.abs(dg_exp))
-    db_b = S * gr * u * dy.sum(axis=axes) + u_out * np.abs(db_exp)
+            + rounding(u_out, np.abs(dg_exp)))
+    db_b = S * gr * u * dy.sum(axis=axes) + rounding(u_out, np.abs(db_exp))
     return dx_b, dg_b.reshape(-1), db_b.reshape(-1)
 
 
@@ -176,10 +186,10 @@ def grads_eval_bound(model, x, dy, weight, run_mean, run_var, eps, feature_axis,
     x_hat = np.abs(x - m) / s
     S, u, gr = model.safety, model.u_c, model.growth(n)
     dx_exp, dg_exp, db_exp = expected
-    dx_b = (S * u * 3 + u_out) * np.abs(dx_exp)
+    dx_b = S * u * 3 * np.abs(dx_exp) + rounding(u_out, np.abs(dx_exp))
     dxh = S * u * (np.abs(x) + np.abs(m)) / s + S * u * x_hat
-    dg_b = S * gr * u * (dy * x_hat).sum(axis=axes) + (dy * dxh).sum(axis=axes) + u_out * np.abs(dg_exp)
-    db_b = S * gr * u * dy.sum(axis=axes) + u_out * np.abs(db_exp)
+    dg_b = S * gr * u * (dy * x_hat).sum(axis=axes) + (dy * dxh).sum(axis=axes) + rounding(u_out, np.abs(dg_exp))
+    db_b = S * gr * u * dy.sum(axis=axes) + rounding(u_out, np.abs(db_exp))
     return dx_b, dg_b.reshape(-1), db_b.reshape(-1)
 
 
@@ -194,6 +204,9 @@ class Comparison:
     actual: float | None
     expected: float | None
     note: str = ""
+    key: str = ""                  # the trace quantity compared (e.g. "train_0/running_var")
+    expected_array: object = None  # kept only on failure, for the reproducer
+    allowed_array: object = None
 
     def to_json(self) -> dict:
         def f(v):
@@ -203,7 +216,7 @@ class Comparison:
             return v if math.isfinite(v) else repr(v)
         return {"ok": self.ok, "measured": f(self.measured), "allowed": f(self.allowed),
                 "ratio": f(self.ratio), "index": list(self.index) if self.index is not None else None,
-                "actual": f(self.actual), "expected": f(self.expected), "note": self.note}
+                "actual": f(self.actual), "expected": f(self.expected), "note": self.note, "key": self.key}
 
     def describe(self) -> str:
         where = f" at index {tuple(self.index)}" if self.index is not None else ""
@@ -214,16 +227,16 @@ class Comparison:
                 + (f"; {self.note}" if self.note else ""))
 
 
-def compare(actual, expected, allowed, note: str = "") -> Comparison:
+def compare(actual, expected, allowed, note: str = "", key: str = "") -> Comparison:
     """Elementwise |actual - expected| <= allowed. Non-finite values must match exactly in
     place and kind; a shape mismatch is a failure with a note, never an exception."""
     a = np.asarray(actual, np.float64)
     e = np.asarray(expected, np.float64)
     if a.shape != e.shape:
         return Comparison(False, math.inf, 0.0, math.inf, None, None, None,
-                          f"shape {a.shape} != expected {e.shape}")
+                          f"shape {a.shape} != expected {e.shape}", key, e, None)
     if a.size == 0:
-        return Comparison(True, 0.0, 0.0, 0.0, None, None, None, note)
+        return Comparison(True, 0.0, 0.0, 0.0, None, None, None, note, key)
     tol = np.broadcast_to(np.asarray(allowed, np.float64), e.shape)
     both_nan = np.isnan(a) & np.isnan(e)
     same_inf = np.isinf(a) & np.isinf(e) & (np.sign(a) == np.sign(e))
@@ -234,5 +247,7 @@ def compare(actual, expected, allowed, note: str = "") -> Comparison:
     ratio = np.where(np.isnan(ratio), np.inf, ratio)
     idx = np.unravel_index(int(np.argmax(ratio)), e.shape)
     r = float(ratio[idx])
-    return Comparison(r <= 1.0, float(err[idx]), float(tol[idx]), r, tuple(int(i) for i in idx),
-                      float(a[idx]), float(e[idx]), note)
+    ok = r <= 1.0
+    return Comparison(ok, float(err[idx]), float(tol[idx]), r, tuple(int(i) for i in idx),
+                      float(a[idx]), float(e[idx]), note, key,
+                      None if ok else e, None if ok else np.array(tol))

@@ -1,0 +1,167 @@
+"""Keras 3 keras.layers.BatchNormalization on the tensorflow, jax and torch backends.
+
+The backend is chosen with KERAS_BACKEND before keras is first imported, which is why each
+implementation runs in its own process. Gradients go through the backend's own autodiff
+on the layer's stateless_call.
+"""
+import os
+
+import numpy as np
+
+from ._protocol import Implementation, Unsupported, default_capabilities, np_out
+
+BACKEND_FAMILY = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def _keras(backend):
+    current = os.environ.get("KERAS_BACKEND")
+    if current and current != backend:
+        raise Unsupported(f"KERAS_BACKEND is {current!r} in this process; {backend!r} needs its own process")
+    os.environ["KERAS_BACKEND"] = backend
+    if backend == "jax":
+        import jax
+        jax.config.update("jax_enable_x64", True)
+    import keras
+    if keras.backend.backend() != backend:
+        raise Unsupported(f"keras was already imported with backend {keras.backend.backend()!r}")
+    return keras
+
+
+def _to_backend(backend, a, dtype):
+    """A NumPy array as a tensor of the case dtype on the backend."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return tf.cast(tf.constant(np.asarray(a, np.float32 if dtype == "bfloat16" else a.dtype)), dtype)
+    if backend == "jax":
+        import jax.numpy as jnp
+        return jnp.asarray(np.asarray(a, np.float32 if dtype == "bfloat16" else a.dtype)).astype(dtype)
+    import torch
+    return torch.as_tensor(np.asarray(a, np.float32 if dtype == "bfloat16" else a.dtype)).to(getattr(torch, dtype))
+
+
+def _np(backend, t):
+    if backend == "torch":
+        import torch
+        t = t.detach().cpu()
+        name = str(t.dtype).replace("torch.", "")
+        return np_out(t.float().numpy() if name == "bfloat16" else t.numpy().copy(), name)
+    name = str(t.dtype)
+    arr = np.array(t.astype("float32") if name == "bfloat16" else t) if backend == "jax" else None
+    if backend == "tensorflow":
+        import tensorflow as tf
+        name = t.dtype.name
+        arr = (tf.cast(t, tf.float32) if name == "bfloat16" else t).numpy().copy()
+    return np_out(arr, name)
+
+
+class _Instance:
+    def __init__(self, backend, params):
+        self.backend, self.params = backend, params
+        keras = _keras(backend)
+        kw = {}
+        if params["eps"] != "default":
+            kw["epsilon"] = float(params["eps"])
+        if params["momentum"] != "default":
+            if params["momentum"] is None:
+                raise Unsupported("keras BatchNormalization takes a float momentum")
+            kw["momentum"] = float(params["momentum"])
+        affine = params["affine"] != "off"
+        self.layer = keras.layers.BatchNormalization(axis=params["feature_axis"], center=affine, scale=affine,
+                                                     dtype=params["dtype"], **kw)
+        shape = [None] * params["rank"]
+        shape[params["feature_axis"]] = params["num_features"]
+        self.layer.build(tuple(shape))
+        if params["affine"] == "random":
+            self.layer.gamma.assign(np.asarray(params["weight"], np.float32 if params["dtype"] == "bfloat16" else None))
+            self.layer.beta.assign(np.asarray(params["bias"], np.float32 if params["dtype"] == "bfloat16" else None))
+
+    def forward(self, x, training, dy):
+        xt = _to_backend(self.backend, x, self.params["dtype"])
+        out = {}
+        if dy is not None:
+            out.update(self._grads(xt, dy, training))
+        y = self.layer(xt, training=training)
+        out["y"], out["y_dtype"] = _np(self.backend, y)
+        return out
+
+    def _grads(self, xt, dy, training):
+        layer, b = self.layer, self.backend
+        tv = [v.value for v in layer.trainable_variables]
+        ntv = [v.value for v in layer.non_trainable_variables]
+        dyt = _to_backend(b, dy, "float64" if self.params["dtype"] == "float64" else "float32")
+        if b == "tensorflow":
+            import tensorflow as tf
+            tvt = [tf.convert_to_tensor(v) for v in tv]
+            with tf.GradientTape() as tape:
+                tape.watch([xt] + tvt)
+                y, _ = layer.stateless_call(tvt, ntv, xt, training=training)
+                loss = tf.reduce_sum(tf.cast(y, dyt.dtype) * dyt)
+            g = tape.gradient(loss, [xt] + tvt)
+        elif b == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            def f(xx, tvv):
+                y, _ = layer.stateless_call(tvv, ntv, xx, training=training)
+                return jnp.sum(y.astype(dyt.dtype) * dyt)
+            gx, gt = jax.grad(f, argnums=(0, 1))(xt, tv)
+            g = [gx] + list(gt)
+        else:
+            import torch
+            xg = xt.clone().requires_grad_(True)
+            tvt = [v.detach().clone().requires_grad_(True) for v in tv]
+            y, _ = layer.stateless_call(tvt, ntv, xg, training=training)
+            (y.to(dyt.dtype) * dyt).sum().backward()
+            g = [xg.grad] + [v.grad for v in tvt]
+        out = {"dx": _np(b, g[0])[0]}
+        if len(g) == 3:  # [gamma, beta] in Keras' variable order
+            out["dweight"], out["dbias"] = _np(b, g[1])[0], _np(b, g[2])[0]
+        return out
+
+    def running_stats(self):
+        return (_np(self.backend, self.layer.moving_mean.value)[0],
+                _np(self.backend, self.layer.moving_variance.value)[0])
+
+    def counter(self):
+        return None
+
+
+def _versions(backend):
+    def versions():
+        keras = _keras(backend)
+        v = {"keras": keras.__version__, "backend": backend}
+        mod = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]
+        v[mod] = __import__(mod).__version__
+        return v
+    return versions
+
+
+def _devices(backend):
+    def devices():
+        _keras(backend)
+        if backend == "torch":
+            import torch
+            return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        if backend == "jax":
+            import jax
+            return ["cpu"] + (["gpu"] if any(d.platform == "gpu" for d in jax.devices()) else [])
+        import tensorflow as tf
+        return ["cpu"] + (["gpu"] if tf.config.list_physical_devices("GPU") else [])
+    return devices
+
+
+def _build(backend):
+    def build(params, device):
+        if device != "cpu":
+            raise Unsupported("the keras adapter runs on the backend's default device only")
+        return _Instance(backend, params)
+    return build
+
+
+def implementations():
+    out = []
+    for backend, family in BACKEND_FAMILY.items():
+        caps = default_capabilities()
+        out.append(Implementation(f"keras.layers.BatchNormalization[{backend}]", "keras", caps, _build(backend),
+                                  _versions(backend), _devices(backend), family))
+    return out

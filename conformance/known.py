@@ -1,0 +1,102 @@
+"""Known deviations: one YAML file per implementation in adapters/known/.
+
+A known deviation is still run and measured. Its record becomes `known` when the clause
+fails as listed; an entry whose clause passes is an `unexpected_pass`, and an entry that
+matches no record at all is reported as an error: both fail the audit, so the file never
+goes stale silently (the array-api-tests complaint).
+
+    implementation: torch.nn.BatchNorm2d
+    deviations:
+      - clause: BN-DTYPE-ACCUM
+        dtypes: [float16, bfloat16]     # optional; default every dtype
+        devices: [cpu]                  # optional; default every device
+        reason: why, in one or two sentences
+        link: https://github.com/...    # upstream issue, or where we measured it
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .spec_loader import SpecError
+
+KNOWN_KEYS = {"clause", "dtypes", "devices", "reason", "link"}
+
+
+def known_dir() -> Path:
+    return Path(str(resources.files("bnconf.adapters").joinpath("known")))
+
+
+def known_path(impl_name: str, directory: Path | None = None) -> Path:
+    return (directory or known_dir()) / f"{impl_name}.yaml"
+
+
+def load_known(impl_name: str, spec, directory: Path | None = None) -> list[dict]:
+    path = known_path(impl_name, directory)
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise SpecError(path, mark.line + 1 if mark else None, "yaml", str(exc.problem)) from None
+
+    def line(i, key=None):
+        try:
+            seq = next(v for k, v in root.value if k.value == "deviations")
+            node = seq.value[i]
+            if key:
+                node = next(v for k, v in node.value if k.value == key)
+            return node.start_mark.line + 1
+        except Exception:
+            return None
+
+    if not isinstance(data, dict) or data.get("implementation") != impl_name:
+        raise SpecError(path, 1, "implementation", f"must name {impl_name!r}")
+    entries = data.get("deviations") or []
+    if not isinstance(entries, list):
+        raise SpecError(path, None, "deviations", "must be a list")
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise SpecError(path, line(i), f"deviations/{i}", "must be a mapping")
+        extra = set(e) - KNOWN_KEYS
+        if extra:
+            raise SpecError(path, line(i), f"deviations/{i}", f"unknown keys {sorted(extra)}")
+        for key in ("clause", "reason", "link"):
+            if not e.get(key):
+                raise SpecError(path, line(i), f"deviations/{i}/{key}", "is required")
+        if e["clause"] not in spec.clauses:
+            raise SpecError(path, line(i, "clause"), f"deviations/{i}/clause",
+                            f"unknown clause ID {e['clause']!r}")
+        out.append(dict(e, _where=f"{path}:{line(i)}"))
+    return out
+
+
+def _matches(entry, rec) -> bool:
+    return (entry["clause"] == rec["clause"]
+            and rec["dtype"] in entry.get("dtypes", [rec["dtype"]])
+            and rec["device"] in entry.get("devices", [rec["device"]]))
+
+
+def apply_known(records: list[dict], entries: list[dict], impl_name: str, device: str) -> list[dict]:
+    """Mark listed deviations; add an error record for each entry that matched nothing."""
+    used = [False] * len(entries)
+    for r in records:
+        for i, e in enumerate(entries):
+            if _matches(e, r) and r["status"] in ("fail", "pass"):
+                used[i] = True
+                r["known"] = {"reason": e["reason"], "link": e["link"], "where": e["_where"]}
+                r["status"] = "known" if r["status"] == "fail" else "unexpected_pass"
+    extra = []
+    for i, e in enumerate(entries):
+        devs = e.get("devices")
+        if not used[i] and (devs is None or device in devs):
+            extra.append({"implementation": impl_name, "device": device, "dtype": ",".join(e.get("dtypes", ["*"])),
+                          "clause": e["clause"], "status": "error", "cases": 0, "passed": 0, "failed": 0,
+                          "note": f"known-deviation entry {e['_where']} matches no result (stale entry)"})
+    return records + extra

@@ -1,0 +1,98 @@
+"""Result records: one JSON line per (implementation, device, dtype, clause).
+
+A record is the unit everything downstream reads (report, fingerprint, pytest items).
+Statuses: pass, fail, known (a listed deviation, still run and measured), unexpected_pass
+(a listed deviation that passed), unsupported (the implementation cannot be asked; with
+the reason), error (the harness could not get a result; with the message), not_run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+STATUSES = ("pass", "fail", "known", "unexpected_pass", "unsupported", "error", "not_run")
+BAD = ("fail", "unexpected_pass", "error")
+
+
+def tally_record(impl, device, versions, dtype, clause, tally, shrunk, seed, repro_path) -> dict:
+    case, outcome = shrunk if shrunk and shrunk[1] is not None else (tally.failing_case, tally.failing)
+    show = outcome if tally.failed else tally.worst
+    cmp = show.comparison.to_json() if show is not None and show.comparison is not None else None
+    rec = {
+        "implementation": impl.name, "family": impl.family, "profile": impl.profile,
+        "versions": versions, "device": device, "dtype": dtype, "clause": clause,
+        "status": "fail" if tally.failed else "pass",
+        "cases": tally.cases, "passed": tally.passed, "failed": tally.failed,
+        "measured": cmp["measured"] if cmp else None, "allowed": cmp["allowed"] if cmp else None,
+        "ratio": cmp["ratio"] if cmp else None, "comparison": cmp,
+        "note": (show.note if show is not None else ""),
+        "measured_conventions": tally.measured,
+        "seed": seed,
+    }
+    if tally.failed:
+        rec["case"] = case.to_json()
+        rec["reproducer"] = repro_path
+    return rec
+
+
+def status_record(impl_name, family, profile, versions, device, dtype, clause, status, message) -> dict:
+    return {"implementation": impl_name, "family": family, "profile": profile, "versions": versions,
+            "device": device, "dtype": dtype, "clause": clause, "status": status, "cases": 0,
+            "passed": 0, "failed": 0, "measured": None, "allowed": None, "ratio": None,
+            "comparison": None, "note": message, "measured_conventions": {}, "seed": None}
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file and rename: an interrupted run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-" + path.name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def append_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Append whole lines and flush: a killed run keeps every record already written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(paths) -> list[dict]:
+    out = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            continue
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:  # a line cut by a kill: say where, keep the rest
+                out.append({"status": "error", "implementation": "?", "clause": "?", "device": "?",
+                            "dtype": "?", "note": f"{p}:{i}: unreadable record ({exc.msg})"})
+    return out

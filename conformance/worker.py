@@ -1,0 +1,109 @@
+"""One implementation, one process: audit it on its devices and append its records.
+
+Run by the runner as `python -m bnconf.worker`, so that a crash, a hang or an import
+error in a framework takes down this process only and becomes an `error` record there.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import known as known_mod
+from . import records as rec_mod
+from . import repro
+from .engine import REQUIRES, audit_implementation, capability_ok, run_case
+from .spec_loader import get_spec
+
+
+def gpu_kinds(devices: list[str]) -> list[str]:
+    return [d for d in devices if d != "cpu"]
+
+
+def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_dir=None, shrink_budget=30,
+                  progress=None) -> list[dict]:
+    profile = spec.profile(impl.profile)
+    versions = impl.versions()
+    result = audit_implementation(impl, device, spec, profile, max_examples=max_examples, seed=seed,
+                                  shrink_budget=shrink_budget, progress=progress)
+    out = []
+    dtypes = list(impl.capabilities["dtypes"])
+    for clause in spec.clauses_for(profile):
+        if clause.planned:
+            out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
+                                             clause.id, "not_run", f"planned: {clause.planned}"))
+            continue
+        need = REQUIRES.get(clause.id)
+        if need and not capability_ok(impl.capabilities, need):
+            out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
+                                             clause.id, "unsupported", f"the implementation lacks capability {need!r}"))
+            continue
+        for dtype in dtypes:
+            t = result.tallies.get((clause.id, dtype))
+            if t is None:
+                out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, dtype,
+                                                 clause.id, "not_run", "no generated case exercised this clause "
+                                                 f"in {dtype} ({result.cases} cases)"))
+                continue
+            path = None
+            shr = result.shrunk.get((clause.id, dtype))
+            if t.failed:
+                case, outcome = shr if shr and shr[1] is not None else (t.failing_case, t.failing)
+                try:
+                    path = repro.write(Path(repro_dir), impl, device, clause, case, outcome, run_case)
+                except Exception as exc:  # the finding stands even if its reproducer could not be saved
+                    path = f"(reproducer not written: {type(exc).__name__}: {exc})"
+            out.append(rec_mod.tally_record(impl, device, versions, dtype, clause.id, t, shr, seed, path))
+    for r in out:
+        r["elapsed_s"] = round(result.seconds, 3)
+        r["total_cases"] = result.cases
+    entries = known_mod.load_known(impl.name, spec, known_dir)
+    return known_mod.apply_known(out, entries, impl.name, device)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bnconf.worker")
+    ap.add_argument("--impl", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-examples", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repro-dir", default="reports/repro")
+    ap.add_argument("--spec", default=None)
+    ap.add_argument("--devices", default="all", help="comma list, or 'all' for every visible device")
+    args = ap.parse_args(argv)
+    from .registry import find
+    spec = get_spec(args.spec)
+    impl = find(args.impl)
+    t0 = time.perf_counter()
+    try:
+        visible = impl.devices()
+        versions = impl.versions()
+    except Exception as exc:  # ImportError, or the adapter's Unsupported (e.g. an API that is gone)
+        kind = type(exc).__name__
+        if kind not in ("Unsupported", "ImportError", "ModuleNotFoundError"):
+            raise
+        why = f"framework not importable here: {exc}" if "Import" in kind or "Module" in kind else str(exc)
+        rec = rec_mod.status_record(impl.name, impl.family, impl.profile, {}, "cpu", "*", "*", "unsupported", why)
+        rec_mod.append_jsonl(args.out, [rec])
+        return 0
+    wanted = visible if args.devices == "all" else args.devices.split(",")
+    records = []
+    for device in wanted:
+        if device not in visible:
+            records.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", "*",
+                                                 "not_run", f"device {device!r} not visible (visible: {visible})"))
+            continue
+        records.extend(audit_records(impl, spec, device=device, max_examples=args.max_examples, seed=args.seed,
+                                     repro_dir=args.repro_dir))
+    if args.devices == "all" and not gpu_kinds(visible):
+        records.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, "gpu", "*", "*", "not_run",
+                                             "no GPU visible to the framework on this machine"))
+    for r in records:
+        r["wall_s"] = round(time.perf_counter() - t0, 3)
+    rec_mod.append_jsonl(args.out, records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,6 +57,15 @@ class Ctx:
         self.weight = self.arrays.get("weight")
         self.bias = self.arrays.get("bias")
         self.kappa_thr = float(self.spec.tolerance["ill_conditioned_kappa"])
+        # The profile with the conventions this case measured: downstream checks judge their
+        # own clause under it, so one convention deviation is one finding, not a cascade.
+        self.eff = self.profile
+
+    def standard_forward(self):
+        """Whether the measured forward conventions are the spec's (oracle gradients,
+        invariance relations and folding assume them)."""
+        return (self.eff.eps_placement == "inside_sqrt" and self.eff.normalize_variance == "biased"
+                and self.eff.reduction == "all_but_feature_axis")
 
     def clause_for(self, conv_field):
         c = self.spec.clause_for_convention(self.profile, conv_field)
@@ -179,6 +188,18 @@ def _kappas(ctx):
         keep[ctx.case.special_channel % ctx.case.num_features] = False
     ks = [channel_kappa(ctx.arrays[f"x_train_{k}"], ctx.fa)[keep] for k in range(ctx.case.steps)]
     return np.concatenate(ks) if ks else np.zeros(1)
+
+
+def convention_attribution(ctx, base, cmp_under):
+    """If flipping one forward convention makes cmp_under(profile) pass, the failure is that
+    convention's clause. Returns an Outcome or None."""
+    for fld in ("eps_placement", "normalize_variance"):
+        alt = next(v for v in FLIPS[fld] if v != ctx.eff.conventions[fld])
+        cmp = cmp_under(ctx.eff.with_convention(**{fld: alt}))
+        clause = ctx.clause_for(fld)
+        if cmp is not None and cmp.ok and clause:
+            return Outcome(clause, False, base, f"matches {fld}={alt}", {fld: alt})
+    return None
 
 
 def numeric_attribution(ctx, clause, cmp_fn, base, conditioning=True):
@@ -390,14 +411,22 @@ def y_eval(ctx: Ctx):
     x = ctx.arrays["x_eval"]
     m = oracle._per_feature(rm, x.ndim, ctx.fa)
     v = oracle._per_feature(rv, x.ndim, ctx.fa)
-    y_exp = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.profile.eps_placement)
+    y_exp = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.eff.eps_placement)
+
+    def cmp_under(profile, model=None):
+        ye = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, profile.eps_placement)
+        bound = tolerance.y_eval_bound(model or ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
+                                       ctx.u_out(ctx.trace["eval/y_dtype"]), ye)
+        return compare(ctx.trace["eval/y"], ye, bound, "eval output with the reported running statistics",
+                       key="eval/y")
 
     def cmp_fn(model):
-        bound = tolerance.y_eval_bound(model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
-                                       ctx.u_out(ctx.trace["eval/y_dtype"]), y_exp)
-        return compare(ctx.trace["eval/y"], y_exp, bound, "eval output with the reported running statistics",
-                       key="eval/y")
+        return cmp_under(ctx.eff, model)
     cmp = cmp_fn(ctx.model)
+    if not cmp.ok:
+        conv = convention_attribution(ctx, cmp, cmp_under)
+        if conv is not None:
+            return [conv]
     if cmp.ok:
         return [Outcome("BN-EVAL-RUNNING", True, cmp)]
     y_batch = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
@@ -413,7 +442,7 @@ def y_eval_no_running(ctx: Ctx):
     if _eval_tracked(ctx) or "eval/y" not in ctx.trace or ctx.case.special != "none" or not _trainable_case(ctx):
         return []
     x = ctx.arrays["x_eval"]
-    y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
+    y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.eff)[0]
 
     def cmp_fn(model):
         bound = tolerance.y_train_bound(model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
@@ -439,7 +468,8 @@ def eval_no_update(ctx: Ctx):
 # ------------------------------------------------------------------------ gradients
 @check("grads_train", emits=("BN-GRAD-TRAIN",))
 def grads_train(ctx: Ctx):
-    if "train_0/dx" not in ctx.trace or not _trainable_case(ctx) or ctx.case.special != "none":
+    if "train_0/dx" not in ctx.trace or not _trainable_case(ctx) or ctx.case.special != "none" \
+            or not ctx.standard_forward():
         return []
     x, dy = ctx.arrays["x_train_0"], ctx.arrays["dy_train"]
     exp = oracle.grads_train(x, dy, ctx.weight, ctx.eps, ctx.fa)
@@ -460,7 +490,8 @@ def grads_train(ctx: Ctx):
 
 @check("grads_eval", emits=("BN-GRAD-EVAL",))
 def grads_eval(ctx: Ctx):
-    if "eval/dx" not in ctx.trace or ctx.case.special != "none" or not _trainable_case(ctx):
+    if "eval/dx" not in ctx.trace or ctx.case.special != "none" or not _trainable_case(ctx) \
+            or not ctx.standard_forward():
         return []
     x, dy = ctx.arrays["x_eval"], ctx.arrays["dy_eval"]
     u = ctx.u_out(ctx.case.dtype)
@@ -610,7 +641,7 @@ def axes_relation(ctx: Ctx):
     """BN-AXES without any convention: permuting positions along the reduced axes permutes
     the output, and changing one channel leaves the other channels' outputs alone."""
     t, case = ctx.trace, ctx.case
-    if "extra/perm/y" not in t or "train_0/y" not in t:
+    if "extra/perm/y" not in t or "train_0/y" not in t or not ctx.standard_forward():
         return []
     x = ctx.arrays["x_train_0"]
     y0 = np.asarray(t["train_0/y"], np.float64)
@@ -651,7 +682,7 @@ def axes_relation(ctx: Ctx):
 @check("shift_invariance", emits=("BN-SHIFT-INVARIANCE",))
 def shift_invariance(ctx: Ctx):
     t = ctx.trace
-    if "extra/shift/y" not in t or "train_0/y" not in t:
+    if "extra/shift/y" not in t or "train_0/y" not in t or not ctx.standard_forward():
         return []
     x = ctx.arrays["x_train_0"]
     xs = next(e[2] for e in relation_inputs(ctx.case, ctx.arrays) if e[0] == "shift")
@@ -674,7 +705,7 @@ def shift_invariance(ctx: Ctx):
 @check("scale_invariance", emits=("BN-SCALE-INVARIANCE",))
 def scale_invariance(ctx: Ctx):
     t = ctx.trace
-    if "extra/scale/y" not in t or "train_0/y" not in t:
+    if "extra/scale/y" not in t or "train_0/y" not in t or not ctx.standard_forward():
         return []
     x = ctx.arrays["x_train_0"]
     e = next(e for e in relation_inputs(ctx.case, ctx.arrays) if e[0] == "scale")
@@ -690,6 +721,13 @@ def scale_invariance(ctx: Ctx):
                        f"y(a x; a^2 eps) vs y(x; eps), a = {e[3]['_scale']:g}", key="extra/scale/y")
     cmp = cmp_fn(ctx.model)
     if not cmp.ok:
+        def cmp_under(profile):  # does the convention predict the scaled output itself?
+            pred = oracle.train_forward(xs, ctx.weight, ctx.bias, eps_s, ctx.fa, profile)[0]
+            b2 = tolerance.y_train_bound(ctx.model, xs, ctx.weight, ctx.bias, eps_s, ctx.fa, u, pred)
+            return compare(t["extra/scale/y"], pred, b2)
+        conv = convention_attribution(ctx, cmp, cmp_under)
+        if conv is not None:
+            return [conv]
         return [numeric_attribution(ctx, "BN-SCALE-INVARIANCE", cmp_fn, cmp, conditioning=False)]
     return [Outcome("BN-SCALE-INVARIANCE", cmp.ok, cmp)]
 
@@ -707,21 +745,29 @@ def fold(ctx: Ctx):
     x = ctx.arrays["x_eval"].astype(np.float64)
     g = np.ones(ctx.case.num_features) if ctx.weight is None else np.asarray(ctx.weight, np.float64)
     b = np.zeros(ctx.case.num_features) if ctx.bias is None else np.asarray(ctx.bias, np.float64)
-    a = g / np.sqrt(np.asarray(rv, np.float64) + ctx.eps)
-    shift = b - a * np.asarray(rm, np.float64)
-    A = oracle._per_feature(a, x.ndim, ctx.fa)
-    B = oracle._per_feature(shift, x.ndim, ctx.fa)
-    def cmp_fn(model):
+
+    def cmp_under(profile, model=None):
+        rvv = np.asarray(rv, np.float64)
+        denom = np.sqrt(rvv + ctx.eps) if profile.eps_placement == "inside_sqrt" else np.sqrt(rvv) + ctx.eps
+        a = g / denom
+        A = oracle._per_feature(a, x.ndim, ctx.fa)
+        B = oracle._per_feature(b - a * np.asarray(rm, np.float64), x.ndim, ctx.fa)
         cmps = []
         for name, xx in (("double", 2 * x), ("zero", 0 * x)):
             exp = A * xx + B
-            bound = tolerance.y_eval_bound(model, xx, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
+            bound = tolerance.y_eval_bound(model or ctx.model, xx, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
                                            ctx.u_out(t["eval/y_dtype"]), exp)
             cmps.append(compare(t[f"post/{name}/y"], exp, bound, f"eval of {name} input vs folded affine map",
                                 key=f"post/{name}/y"))
         return _worst(cmps)
+
+    def cmp_fn(model):
+        return cmp_under(ctx.eff, model)
     w = cmp_fn(ctx.model)
     if not w.ok:
+        conv = convention_attribution(ctx, w, cmp_under)
+        if conv is not None:
+            return [conv]
         return [numeric_attribution(ctx, "BN-FOLD", cmp_fn, w, conditioning=False)]
     return [Outcome("BN-FOLD", w.ok, w)]
 
@@ -749,4 +795,7 @@ def run_checks(ctx: Ctx) -> list[Outcome]:
             for o in res:
                 o.measured["internal_error"] = True
         out.extend(o for o in res if o.clause in ctx.applicable)
+        measured = {k: v for o in res if not o.ok for k, v in o.measured.items() if k in ctx.profile.conventions}
+        if measured:
+            ctx.eff = ctx.eff.with_convention(**measured)
     return out

@@ -54,7 +54,7 @@ def train_forward(x, weight, bias, eps, feature_axis, profile):
 
 
 def momentum_weight(profile, momentum, step):
-    """BN-MOMENTUM-*: the weight w of the batch statistic in step `step` (1-based)."""
+    """The momentum clauses: the weight w of the batch statistic in step `step` (1-based)."""
     if momentum is None and profile.cumulative_when_momentum_none:
         return 1.0 / step                                   # BN-MOMENTUM-CUMULATIVE
     if profile.momentum_form == "batch_weight":

@@ -35,7 +35,7 @@ def _forward(inst, x, training, dy, out, prefix, params, snap):
     for g in ("dx", "dweight", "dbias"):
         if r.get(g) is not None:
             out[prefix + g] = np.asarray(r[g], np.float64)
-    mutated = not np.array_equal(before, x, equal_nan=True)
+    mutated = not np.array_equal(before, x, equal_nan=True) or bool(r.get("mutated"))
     for k, v in snap.items():
         mutated = mutated or not np.array_equal(v, params[k], equal_nan=True)
     out[prefix + "mutated"] = bool(mutated)

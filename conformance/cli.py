@@ -1,0 +1,256 @@
+"""bnconf command line. Exit status: 0 ok / conforms, 1 a clause is violated or the audit
+found unexpected results, 2 usage, import or configuration error (with a message)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+
+
+def _err(msg: str) -> int:
+    print(f"bnconf: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_spec(args) -> int:
+    from .spec_loader import get_spec
+    from .spec_render import anchor, render
+    spec = get_spec(args.spec)
+    if args.render or args.check:
+        text = render(spec)
+        target = Path(args.output) if args.output else Path(spec.path).with_name("SPEC.md")
+        if args.check:
+            current = target.read_text(encoding="utf-8") if target.exists() else ""
+            if current != text:
+                return _err(f"{target} is out of date; run `bnconf spec --render`")
+            print(f"{target} is up to date")
+            return EXIT_OK
+        from .records import atomic_write_text
+        atomic_write_text(target, text)
+        print(f"wrote {target}")
+        return EXIT_OK
+    if args.id:
+        c = spec.clause(args.id)
+        applies = [p for p, prof in spec.profiles.items() if c.applies_to(prof)]
+        print(f"{c.id}: {c.title}  [{c.level}]")
+        print(f"link: spec/SPEC.md#{anchor(c.id)}   (spec/batchnorm.yaml line {spec.lines[c.id]})")
+        print(f"modes: {', '.join(c.modes)}; profiles: {', '.join(applies)}")
+        if c.planned:
+            print(f"planned: {c.planned}")
+        print()
+        print(c.text)
+        print()
+        print(f"equation: {c.equation}")
+        print("sources: " + "; ".join(c.sources))
+        return EXIT_OK
+    for c in spec.clauses.values():
+        tag = " (planned)" if c.planned else ""
+        print(f"{c.id:26s} {c.level:6s} {c.title}{tag}")
+    return EXIT_OK
+
+
+def cmd_lint(args) -> int:
+    from .lint import lint
+    from .spec_loader import get_spec
+    spec = get_spec(args.spec)
+    problems = lint(spec, args.paths)
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} problem(s) in {len(spec.clauses)} clauses")
+    return EXIT_VIOLATION if problems else EXIT_OK
+
+
+def _select(args):
+    from .registry import all_implementations, family_implementations, find
+    impls = []
+    for fam in args.family or []:
+        impls.extend(family_implementations(fam))
+    for name in args.impl or []:
+        impls.append(find(name))
+    if not impls:
+        impls = all_implementations()
+    seen, out = set(), []
+    for i in impls:
+        if i.name not in seen:
+            seen.add(i.name)
+            out.append(i)
+    return out
+
+
+TIERS = {"fast": 100, "thorough": 1000}
+
+
+def cmd_run(args) -> int:
+    from .runner import run_many, summarize
+    from .spec_loader import get_spec
+    get_spec(args.spec)  # a malformed spec stops the run before anything starts
+    impls = _select(args)
+    n = args.max_examples or TIERS[args.tier]
+    out = Path(args.out)
+    summary = run_many(impls, out, max_examples=n, seed=args.seed, timeout_s=args.timeout,
+                       repro_dir=args.repro_dir, resume=args.resume, spec=args.spec,
+                       echo=lambda m: print(m, flush=True))
+    print(f"{out}: {summarize(out)}")
+    bad = sum(s["bad"] for s in summary)
+    return EXIT_VIOLATION if bad and args.strict else EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+    raws = args.raw or sorted(str(p) for p in Path("reports/raw").glob("*.jsonl"))
+    if not raws:
+        return _err("no raw results given and none found in reports/raw/")
+    paths = build_report(raws, Path(args.out_dir), commit=args.commit)
+    for p in paths:
+        print(f"wrote {p}")
+    return EXIT_OK
+
+
+def cmd_audit(args) -> int:
+    from .audit_user import TargetError, audit
+    from .spec_loader import SpecError
+    try:
+        rep = audit(args.target, args.profile, kind=args.kind, max_examples=args.max_examples, seed=args.seed,
+                    spec_path=args.spec, repro_dir=args.repro_dir, fingerprint=not args.no_fingerprint)
+    except (TargetError, SpecError) as exc:
+        return _err(str(exc))
+    if args.json:
+        print(json.dumps(rep.to_json(), indent=2, default=str))
+    else:
+        print(f"{rep.target} under profile {rep.profile!r}: {rep.verdict.upper()} "
+              f"({rep.cases} cases, {rep.seconds:.1f} s)")
+        for p in rep.passed:
+            print(f"  pass  {p['clause']:24s} {p['cases']} cases")
+        for v in rep.violations:
+            print(f"  FAIL  {v['clause']:24s} {v['title']}")
+            print(f"        {v['message']}")
+            print(f"        smallest case: {json.dumps(v['example'])}")
+            if v.get("reproducer"):
+                print(f"        reproducer: python {v['reproducer']}/repro.py")
+        for n in rep.not_exercised:
+            print(f"  n/a   {n['clause']:24s} {n['reason']}")
+        if rep.fingerprint:
+            print("  fingerprint: " + json.dumps(rep.fingerprint))
+    return EXIT_VIOLATION if rep.violations else EXIT_OK
+
+
+def cmd_fingerprint(args) -> int:
+    from .registry import all_implementations, find, UnknownImplementation
+    if args.list:
+        for i in all_implementations():
+            print(f"{i.name:48s} profile={i.profile:8s} family={i.family}")
+        return EXIT_OK
+    if not args.target:
+        return _err("fingerprint needs a TARGET (or --list)")
+    from .fingerprint import fingerprint
+    if ":" in args.target:
+        from .audit_user import TargetError, make_implementation
+        try:
+            impl = make_implementation(args.target, args.profile or "torch", args.kind)
+        except TargetError as exc:
+            return _err(str(exc))
+        fp = fingerprint(impl, default_momentum=False, default_eps=False)
+        fp["default_momentum"] = fp["default_eps"] = None if args.kind == "numpy" else fp.get("default_eps")
+    else:
+        try:
+            impl = find(args.target)
+            impl.versions()
+        except UnknownImplementation as exc:
+            return _err(str(exc))
+        except Exception as exc:
+            return _err(f"{args.target}: {type(exc).__name__}: {exc}")
+        fp = fingerprint(impl)
+    if args.json:
+        print(json.dumps(fp, indent=2))
+    else:
+        for k, v in fp.items():
+            print(f"{k:24s} {v}")
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bnconf", description="Batch Normalization conformance spec and audit.")
+    ap.add_argument("--spec", default=None, help="a spec YAML other than the bundled one")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("spec", help="list the clauses, print one, or render spec/SPEC.md")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--render", action="store_true", help="write the rendered Markdown spec")
+    p.add_argument("--check", action="store_true", help="fail if the rendered spec is out of date")
+    p.add_argument("--output", default=None)
+    p.set_defaults(fn=cmd_spec)
+
+    p = sub.add_parser("lint", help="clause IDs cited but undefined, or defined but untested")
+    p.add_argument("paths", nargs="*", default=["conformance", "adapters", "tests"])
+    p.set_defaults(fn=cmd_lint)
+
+    p = sub.add_parser("run", help="audit built-in implementations, each in its own process")
+    p.add_argument("--family", action="append", help="torch, tensorflow, jax, onnx, snippets (repeatable)")
+    p.add_argument("--impl", action="append", help="an implementation name (repeatable)")
+    p.add_argument("--out", default="reports/raw/results.jsonl")
+    p.add_argument("--tier", choices=sorted(TIERS), default="fast")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per implementation")
+    p.add_argument("--repro-dir", default="reports/repro")
+    p.add_argument("--resume", action="store_true", help="keep records already in --out, skip their implementations")
+    p.add_argument("--strict", action="store_true", help="exit 1 on unexpected results")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("report", help="build reports/report.{json,md,html} from raw results")
+    p.add_argument("raw", nargs="*")
+    p.add_argument("--out-dir", default="reports")
+    p.add_argument("--commit", default=None)
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("audit", help="audit your own BN function or torch module")
+    p.add_argument("target", help="path/to/file.py:NAME or package.module:NAME")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--kind", choices=["numpy", "torch-module"], default="numpy")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--max-examples", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repro-dir", default=None, help="write a standalone reproducer per violation here")
+    p.add_argument("--no-fingerprint", action="store_true")
+    p.set_defaults(fn=cmd_audit)
+
+    p = sub.add_parser("fingerprint", help="measure the conventions an implementation follows")
+    p.add_argument("target", nargs="?")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--kind", choices=["numpy", "torch-module"], default="numpy")
+    p.set_defaults(fn=cmd_fingerprint)
+
+    p = sub.add_parser("bench", help="measure speed and detection power")
+    p.add_argument("--json-out", default="reports/bench.json")
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(fn=cmd_bench)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .spec_loader import SpecError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as exc:
+        return _err(str(exc))
+    except BrokenPipeError:  # `bnconf spec | head`
+        sys.stderr.close()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("bnconf: interrupted; records already written are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,7 @@ from .tolerance import Comparison, compare
 
 # Alternatives tried when a quantity deviates (attribution), per convention field.
 FLIPS = {
-    "eps_placement": ["outside_sqrt", "inside_sqrt"],
+    "eps_placement": ["outside_sqrt", "minus_inside_sqrt", "inside_sqrt"],
     "normalize_variance": ["unbiased", "biased"],
     "reduction": ["batch_axis_only", "all_but_feature_axis"],
     "running_variance": ["biased", "unbiased"],
@@ -60,6 +60,7 @@ class Ctx:
         # The profile with the conventions this case measured: downstream checks judge their
         # own clause under it, so one convention deviation is one finding, not a cascade.
         self.eff = self.profile
+        self.rerun = None  # set by the engine: evaluate a variant of the case (no nested attribution)
 
     def standard_forward(self):
         """Whether the measured forward conventions are the spec's (oracle gradients,
@@ -194,11 +195,37 @@ def convention_attribution(ctx, base, cmp_under):
     """If flipping one forward convention makes cmp_under(profile) pass, the failure is that
     convention's clause. Returns an Outcome or None."""
     for fld in ("eps_placement", "normalize_variance"):
-        alt = next(v for v in FLIPS[fld] if v != ctx.eff.conventions[fld])
-        cmp = cmp_under(ctx.eff.with_convention(**{fld: alt}))
-        clause = ctx.clause_for(fld)
-        if cmp is not None and cmp.ok and clause:
-            return Outcome(clause, False, base, f"matches {fld}={alt}", {fld: alt})
+        for alt in (v for v in FLIPS[fld] if v != ctx.eff.conventions[fld]):
+            with np.errstate(all="ignore"):
+                cmp = cmp_under(ctx.eff.with_convention(**{fld: alt}))
+            clause = ctx.clause_for(fld)
+            if cmp is not None and cmp.ok and clause:
+                return Outcome(clause, False, base, f"matches {fld}={alt}", {fld: alt})
+    return None
+
+
+def _init_attribution(ctx, base):
+    """With the framework's own initialisation (affine "default"), a per-channel constant
+    offset or scale that explains the output means gamma/beta did not start at 1/0 (BN-INIT)."""
+    if ctx.case.affine != "default" or "train_0/y" not in ctx.trace or "BN-INIT" not in ctx.applicable:
+        return None
+    x = ctx.arrays["x_train_0"]
+    y = np.asarray(ctx.trace["train_0/y"], np.float64)
+    xhat = oracle.train_forward(x, None, None, ctx.eps, ctx.fa, ctx.profile)[0]
+    if y.shape != xhat.shape:
+        return None
+    axes = oracle.reduce_axes(x.ndim, ctx.fa)
+    beta = y.mean(axis=axes)
+    with np.errstate(all="ignore"):
+        gamma = ((y - oracle._per_feature(beta, x.ndim, ctx.fa)) * xhat).sum(axis=axes) / (xhat * xhat).sum(axis=axes)
+    if not np.all(np.isfinite(gamma)):
+        return None
+    fitted = oracle._per_feature(gamma, x.ndim, ctx.fa) * xhat + oracle._per_feature(beta, x.ndim, ctx.fa)
+    bound = tolerance.y_train_bound(ctx.model, x, gamma, beta, ctx.eps, ctx.fa, ctx.u_out(ctx.trace["train_0/y_dtype"]),
+                                    fitted)
+    if compare(y, fitted, bound).ok:
+        return Outcome("BN-INIT", False, base, f"output is gamma*x_hat + beta with gamma={np.round(gamma, 4).tolist()}, "
+                       f"beta={np.round(beta, 4).tolist()}: not initialised to 1 and 0")
     return None
 
 
@@ -208,11 +235,17 @@ def numeric_attribution(ctx, clause, cmp_fn, base, conditioning=True):
     float64 bound), low-precision statistics (BN-DTYPE-ACCUM), an ill-conditioned case
     (BN-VAR-STABLE). cmp_fn(model) recomputes the comparison under another model."""
     case = ctx.case
+    if ctx.rerun is None:  # inside a differential re-run: no further attribution
+        return Outcome(clause, False, base)
     if case.dtype == "float64" and base.ratio >= 1e3:
         alt = cmp_fn(ctx.model.with_compute("float32"))
-        if alt is not None and alt.ok:
-            return Outcome("BN-DTYPE-F64", False, base, f"{clause}: within the model only at float32 precision",
-                           {"compute_dtype": "float32"})
+        if alt is not None and alt.ok and _passes(ctx, case.replace(dtype="float32"), clause):
+            if case.eps != "default" and _passes(ctx, case.replace(eps=float(case.eps) * 1e-3), clause):
+                eps_clause = ctx.clause_for("eps_placement") or clause
+                return Outcome(eps_clause, False, base, f"{clause}: an eps-sized deviation (gone with eps/1000)",
+                               {"eps_placement": "other"})
+            return Outcome("BN-DTYPE-F64", False, base, f"{clause}: within the model only at float32 precision, "
+                           "and the same case in float32 passes", {"compute_dtype": "float32"})
     if case.dtype in ("float16", "bfloat16"):
         alt = cmp_fn(ctx.model.with_compute(case.dtype))
         if alt is not None and alt.ok:
@@ -220,20 +253,33 @@ def numeric_attribution(ctx, clause, cmp_fn, base, conditioning=True):
     if conditioning:
         ks = _kappas(ctx)
         kappa = float(np.max(ks)) if ks.size else 0.0
-        if kappa >= ctx.kappa_thr:
-            return Outcome("BN-VAR-STABLE", False, base, f"{clause}: ill-conditioned case, |mean|/std = {kappa:.3g}",
-                           {"variance_algorithm": "one_pass"})
+        if kappa >= ctx.kappa_thr and _passes(ctx, case.replace(kappa=0.0), clause):
+            return Outcome("BN-VAR-STABLE", False, base, f"{clause}: fails at |mean|/std = {kappa:.3g} and passes "
+                           "for the same case centred", {"variance_algorithm": "one_pass"})
     return Outcome(clause, False, base)
+
+
+def _passes(ctx, variant, clause) -> bool:
+    """Differential diagnosis: does the implementation pass `clause` on a variant of the case?"""
+    try:
+        outs = ctx.rerun(variant)
+    except Exception:
+        return False
+    return not any(o.clause == clause and not o.ok for o in outs)
 
 
 def _attribute_y(ctx, base, kappa, covered):
     case = ctx.case
     for fld in ("eps_placement", "normalize_variance", "reduction"):
-        alt = next(v for v in FLIPS[fld] if v != ctx.profile.conventions[fld])
-        cmp = _y_train_cmp(ctx, ctx.profile.with_convention(**{fld: alt}), ctx.model, ctx.eps)
-        clause = ctx.clause_for(fld)
-        if cmp is not None and cmp.ok and clause:
-            return Outcome(clause, False, base, f"matches {fld}={alt}", {fld: alt})
+        for alt in (v for v in FLIPS[fld] if v != ctx.profile.conventions[fld]):
+            with np.errstate(all="ignore"):
+                cmp = _y_train_cmp(ctx, ctx.profile.with_convention(**{fld: alt}), ctx.model, ctx.eps)
+            clause = ctx.clause_for(fld)
+            if cmp is not None and cmp.ok and clause:
+                return Outcome(clause, False, base, f"matches {fld}={alt}", {fld: alt})
+    init = _init_attribution(ctx, base)
+    if init is not None:
+        return init
     if case.eps == "default":
         for e in EPS_CANDIDATES:
             if ctx.eps is not None and np.isclose(e, ctx.eps):
@@ -274,7 +320,7 @@ def mean_relation(ctx: Ctx):
         return compare(y.mean(axis=axes), beta, allowed, "per-channel mean of y vs beta", key="train_0/y:mean")
     cmp = cmp_fn(ctx.model)
     if not cmp.ok:
-        return [numeric_attribution(ctx, "BN-MEAN", cmp_fn, cmp)]
+        return [_init_attribution(ctx, cmp) or numeric_attribution(ctx, "BN-MEAN", cmp_fn, cmp)]
     return [Outcome("BN-MEAN", cmp.ok, cmp)]
 
 
@@ -748,8 +794,9 @@ def fold(ctx: Ctx):
 
     def cmp_under(profile, model=None):
         rvv = np.asarray(rv, np.float64)
-        denom = np.sqrt(rvv + ctx.eps) if profile.eps_placement == "inside_sqrt" else np.sqrt(rvv) + ctx.eps
-        a = g / denom
+        with np.errstate(all="ignore"):
+            a = oracle.normalize(np.ones_like(rvv), 0.0, rvv, ctx.eps, None, None, 0, profile.eps_placement)
+        a = g * a
         A = oracle._per_feature(a, x.ndim, ctx.fa)
         B = oracle._per_feature(b - a * np.asarray(rm, np.float64), x.ndim, ctx.fa)
         cmps = []
@@ -782,6 +829,11 @@ def post_eval_inputs(case: Case, arrays: dict) -> list:
 
 def run_checks(ctx: Ctx) -> list[Outcome]:
     """Every distinct check once; outcomes only for clauses that apply to the profile."""
+    err = ctx.trace.get("error")
+    if err and err["phase"] == "build":
+        if err["unsupported"]:
+            return []
+        return [Outcome("BN-NORMALIZE", False, note=f"building the layer raised {err['type']}: {err['message']}")]
     seen, out = set(), []
     for fn in CHECKS.values():
         if fn in seen:

@@ -67,10 +67,14 @@ def run_case(impl, case: Case, device: str, relations: bool = True):
     return arrays, params, trace
 
 
-def evaluate(impl, case: Case, device: str, spec, profile, applicable: set):
-    with np.errstate(all="ignore"):  # NaN/Inf cases are deliberate
+def evaluate(impl, case: Case, device: str, spec, profile, applicable: set, nested: bool = False):
+    import warnings
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # NaN/Inf/empty cases are deliberate
+        warnings.simplefilter("ignore")
         arrays, params, trace = run_case(impl, case, device)
         ctx = Ctx(case, arrays, trace, profile, spec, applicable)
+        if not nested:
+            ctx.rerun = lambda variant: evaluate(impl, variant, device, spec, profile, applicable, nested=True)[0]
         return checks_mod.run_checks(ctx), trace, arrays
 
 
@@ -83,9 +87,13 @@ class ClauseTally:
     failing: Outcome | None = None      # the smallest failing case's outcome
     failing_case: Case | None = None
     measured: dict = field(default_factory=dict)  # convention -> {value: count}
+    samples: list = field(default_factory=list)   # (kappa, ratio) per case, for the accuracy plots
 
     def add(self, o: Outcome, case: Case):
         self.cases += 1
+        if o.comparison is not None and len(self.samples) < 400:
+            r = o.comparison.ratio
+            self.samples.append((float(case.kappa), float(r) if np.isfinite(r) else 1e9))
         for k, v in o.measured.items():
             self.measured.setdefault(k, {}).setdefault(repr(v), 0)
             self.measured[k][repr(v)] += 1

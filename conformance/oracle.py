@@ -38,8 +38,10 @@ def normalize(x, mean, var, eps, weight, bias, feature_axis, eps_placement="insi
     x = np.asarray(x, np.float64)
     if eps_placement == "inside_sqrt":
         x_hat = (x - mean) / np.sqrt(var + eps)
-    else:
+    elif eps_placement == "outside_sqrt":
         x_hat = (x - mean) / (np.sqrt(var) + eps)
+    else:  # minus_inside_sqrt: only for attributing a deviation, never a conforming profile
+        x_hat = (x - mean) / np.sqrt(var - eps)
     g = 1.0 if weight is None else _per_feature(weight, x.ndim, feature_axis)
     b = 0.0 if bias is None else _per_feature(bias, x.ndim, feature_axis)
     return g * x_hat + b

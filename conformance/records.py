@@ -31,6 +31,7 @@ def tally_record(impl, device, versions, dtype, clause, tally, shrunk, seed, rep
         "note": (show.note if show is not None else ""),
         "measured_conventions": tally.measured,
         "seed": seed,
+        "samples": [[k, round(r, 6)] for k, r in tally.samples],
     }
     if tally.failed:
         rec["case"] = case.to_json()

@@ -72,8 +72,29 @@ def _strip(src: str) -> str:
     return _RELATIVE_IMPORT.sub("", src)
 
 
+USER_LOADER = r'''
+def implementations():
+    import os
+    meta = json.loads(str(np.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "case.npz"))["meta"]))
+    target, where = meta["implementation"], meta.get("target_path") or meta["implementation"]
+    if ":" in where and not where.rsplit(":", 1)[0].endswith(".py"):
+        import importlib
+        mod, _, name = where.rpartition(":")
+        fn = getattr(importlib.import_module(mod), name)
+    else:
+        fn = load_by_path(where)
+    return [implementation(fn, target, "user")]
+'''
+
+
 def script_for(impl) -> str:
     import importlib
+    if impl.family == "user" and impl.build.__module__.endswith("numpy_protocol"):
+        adapter = importlib.import_module("bnconf.adapters.numpy_protocol")
+        protocol = importlib.import_module("bnconf.adapters._protocol")
+        return "\n".join(["# Reproducer written by bnconf. Needs numpy and your file; not bnconf.", "import json",
+                          _strip(inspect.getsource(protocol)), _strip(inspect.getsource(adapter)),
+                          USER_LOADER, _strip(inspect.getsource(trace_mod)), DRIVER])
     adapter = importlib.import_module(impl.build.__module__)
     protocol = importlib.import_module("bnconf.adapters._protocol")
     parts = ["# Reproducer written by bnconf. Needs numpy and the framework; not bnconf.",
@@ -105,6 +126,10 @@ def write(root: Path, impl, device: str, clause, case, outcome, run_case_fn) -> 
         "key": cmp.key if cmp is not None and cmp.expected_array is not None else "",
         "finding": (cmp.describe() if cmp is not None else "") + (f" [{outcome.note}]" if outcome.note else ""),
     }
+    if impl.family == "user":
+        path, _, name = impl.name.rpartition(":")
+        if path.endswith(".py"):
+            meta["target_path"] = f"{Path(path).resolve()}:{name}"
     blobs = {"meta": np.array(json.dumps(meta, default=str))}
     blobs.update({f"a/{k}": v for k, v in arrays.items() if v is not None})
     blobs.update({f"x/{n}": x for n, _, x, _ in extra})

@@ -96,6 +96,15 @@ def main(argv=None) -> int:
             continue
         records.extend(audit_records(impl, spec, device=device, max_examples=args.max_examples, seed=args.seed,
                                      repro_dir=args.repro_dir))
+    if "cpu" in wanted:
+        from .fingerprint import fingerprint
+        try:
+            fp = fingerprint(impl)
+        except Exception as exc:  # a probe the implementation cannot run is data, not a crash
+            fp = {"error": f"{type(exc).__name__}: {exc}"}
+        records.append({"kind": "fingerprint", "implementation": impl.name, "family": impl.family,
+                        "profile": impl.profile, "versions": versions, "device": "cpu", "dtype": "*",
+                        "clause": "*", "status": "info", "fingerprint": fp})
     if args.devices == "all" and not gpu_kinds(visible):
         records.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, "gpu", "*", "*", "not_run",
                                              "no GPU visible to the framework on this machine"))

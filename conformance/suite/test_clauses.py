@@ -1,0 +1,43 @@
+"""One pytest item per (implementation, clause). Items come from the spec and the registry
+(no cases are generated at import or collection time); the audit runs once per session,
+each implementation in its own process, and every item reads its clause's records."""
+import json
+
+import pytest
+
+from bnconf.pytest_plugin import plan, results_for
+
+OK = ("pass", "known")
+
+
+def pytest_generate_tests(metafunc):
+    if "bnconf_item" in metafunc.fixturenames:
+        items = plan(metafunc.config)
+        metafunc.parametrize("bnconf_item", items, ids=[f"{i}::{c}" for i, c in items])
+
+
+def _message(r):
+    lines = [f"{r['implementation']} [{r.get('device')}, {r.get('dtype')}] violates {r['clause']}: "
+             f"{r.get('note') or ''}"]
+    if r.get("measured") is not None:
+        lines.append(f"  measured error {r['measured']} > allowed {r['allowed']} (ratio {r['ratio']})")
+    if r.get("case"):
+        lines.append(f"  seed {r.get('seed')}, smallest failing case: {json.dumps(r['case'])}")
+    if r.get("reproducer"):
+        lines.append(f"  reproduce: python {r['reproducer']}/repro.py")
+    if r["status"] == "unexpected_pass":
+        lines.append(f"  listed as a known deviation ({(r.get('known') or {}).get('where')}) but it passed")
+    return "\n".join(lines)
+
+
+def test_clause(bnconf_item, request):
+    impl, clause = bnconf_item
+    recs = results_for(request.config, impl, clause)
+    if not recs:
+        pytest.skip("no record for this clause (not applicable to the implementation's profile)")
+    bad = [r for r in recs if r["status"] in ("fail", "unexpected_pass", "error")]
+    if bad:
+        pytest.fail("\n".join(_message(r) for r in bad), pytrace=False)
+    if all(r["status"] in ("unsupported", "not_run") for r in recs):
+        pytest.skip("; ".join(sorted({f"{r['status']}: {r.get('note')}" for r in recs})))
+    assert any(r["status"] in OK for r in recs)

@@ -1,0 +1,102 @@
+"""Fault injection: crashes, hangs, kills and import errors in an implementation become
+records and the audit goes on; writes are atomic; a killed run can resume."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnconf import records
+from bnconf.known import apply_known, load_known
+from bnconf.spec_loader import SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+FAULTY = str(ROOT / "tests/faults/faulty_adapters.py")
+
+
+def test_crash_hang_kill_and_import_error_become_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNCONF_ADAPTERS", FAULTY)
+    from bnconf.registry import family_implementations
+    from bnconf.runner import run_many
+    impls = family_implementations("extra")
+    out = tmp_path / "raw.jsonl"
+    summary = run_many(impls, out, max_examples=3, timeout_s=8, repro_dir=str(tmp_path / "repro"),
+                       echo=lambda m: None)
+    assert [s["implementation"] for s in summary] == [i.name for i in impls]   # nobody stopped the run
+    recs = {r["implementation"]: r for r in records.read_jsonl([out])}
+    assert recs["fault.segfault"]["status"] == "error" and "SIGSEGV" in recs["fault.segfault"]["note"]
+    assert recs["fault.hang"]["status"] == "error" and "timed out after 8 s" in recs["fault.hang"]["note"]
+    assert recs["fault.oom_killed"]["status"] == "error" and "SIGKILL" in recs["fault.oom_killed"]["note"]
+    assert recs["fault.import_error"]["status"] == "unsupported"
+    assert "bnconf_framework_that_does_not_exist" in recs["fault.import_error"]["note"]
+    left = subprocess.run(["pgrep", "-f", "bnconf.worker --impl fault."], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "a worker process was left behind"
+
+
+def test_resume_keeps_recorded_implementations(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNCONF_ADAPTERS", FAULTY)
+    from bnconf.registry import find
+    from bnconf.runner import run_many
+    out = tmp_path / "raw.jsonl"
+    records.append_jsonl(out, [{"implementation": "fault.import_error", "clause": "*", "status": "unsupported"}])
+    seen = []
+    run_many([find("fault.import_error")], out, max_examples=2, timeout_s=30, resume=True, echo=seen.append)
+    assert any("already recorded" in m for m in seen)
+    assert len(records.read_jsonl([out])) == 1
+
+
+def test_atomic_write_leaves_the_previous_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "report.json"
+    records.atomic_write_text(target, "old")
+
+    def boom(*a):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        records.atomic_write_text(target, "new and half written")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_a_cut_jsonl_line_is_reported_not_fatal(tmp_path):
+    p = tmp_path / "raw.jsonl"
+    p.write_text(json.dumps({"implementation": "a", "clause": "BN-MEAN", "status": "pass"}) + "\n{\"implem")
+    recs = records.read_jsonl([p])
+    assert recs[0]["status"] == "pass" and recs[1]["status"] == "error" and f"{p}:2" in recs[1]["note"]
+
+
+def test_known_deviation_files_are_validated_and_applied(spec, tmp_path):
+    d = tmp_path
+    (d / "impl.x.yaml").write_text("implementation: impl.x\ndeviations:\n"
+                                   "  - clause: BN-MEAN\n    reason: r\n    link: l\n"
+                                   "  - clause: BN-AXES\n    dtypes: [float16]\n    reason: r\n    link: l\n"
+                                   "  - clause: BN-PURE\n    reason: stale\n    link: l\n")
+    entries = load_known("impl.x", spec, d)
+    recs = [{"implementation": "impl.x", "clause": "BN-MEAN", "dtype": "float32", "device": "cpu", "status": "fail"},
+            {"implementation": "impl.x", "clause": "BN-AXES", "dtype": "float16", "device": "cpu", "status": "pass"}]
+    out = apply_known(recs, entries, "impl.x", "cpu")
+    assert [r["status"] for r in out] == ["known", "unexpected_pass", "error"]
+    assert "matches no result" in out[2]["note"] and "impl.x.yaml:10" in out[2]["note"]
+    (d / "impl.y.yaml").write_text("implementation: impl.y\ndeviations:\n  - clause: BN-" + "NOPE\n"
+                                   "    reason: r\n    link: l\n")
+    with pytest.raises(SpecError) as e:
+        load_known("impl.y", spec, d)
+    assert e.value.line == 3 and "unknown clause ID" in str(e.value)
+    (d / "impl.z.yaml").write_text("implementation: impl.z\ndeviations:\n  - clause: BN-MEAN\n    reason: r\n")
+    with pytest.raises(SpecError, match="deviations/0/link: is required"):
+        load_known("impl.z", spec, d)
+
+
+def test_every_shipped_known_deviation_file_is_valid(spec):
+    from bnconf.known import known_dir
+    for f in sorted(known_dir().glob("*.yaml")):
+        load_known(f.stem, spec)
+
+
+def test_malformed_spec_stops_before_any_run(run_cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec_version: 1\nclauses: [\n")
+    out = run_cli("--spec", str(bad), "run", "--family", "onnx", "--out", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 2 and f"{bad}:" in out.stderr and not (tmp_path / "r.jsonl").exists()

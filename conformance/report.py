@@ -67,7 +67,10 @@ def build(records: list[dict], spec, commit=None) -> dict:
             i["notes"].append({"device": r.get("device"), "status": r["status"], "note": r.get("note", "")})
     matrix = []
     for name, i in impls.items():
-        for device in sorted(d for d in i["devices"] if d):
+        # a device with no result of its own (e.g. "gpu: not run, no GPU visible") is a note, not a row
+        measured = {r.get("device") for r in results if r["implementation"] == name and r["clause"] != "*"}
+        rows = sorted(d for d in i["devices"] if d and (d in measured or d == "cpu"))
+        for device in rows:
             row = {"implementation": name, "device": device, "cells": {}}
             whole = [r for r in results if r["implementation"] == name and r.get("device") == device and r["clause"] == "*"]
             for c in spec.clauses:

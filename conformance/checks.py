@@ -204,6 +204,16 @@ def convention_attribution(ctx, base, cmp_under):
     return None
 
 
+def case_affine_ignored(ctx) -> bool:
+    if ctx.case.affine != "random" or ctx.weight is None:
+        return False
+    x = ctx.arrays["x_train_0"]
+    y_plain = oracle.train_forward(x, None, None, ctx.eps, ctx.fa, ctx.profile)[0]
+    bound = tolerance.y_train_bound(ctx.model, x, None, None, ctx.eps, ctx.fa,
+                                    ctx.u_out(ctx.trace.get("train_0/y_dtype", ctx.case.dtype)), y_plain)
+    return bool(compare(ctx.trace["train_0/y"], y_plain, bound).ok)
+
+
 def _init_attribution(ctx, base):
     """With the framework's own initialisation (affine "default"), a per-channel constant
     offset or scale that explains the output means gamma/beta did not start at 1/0 (BN-INIT)."""
@@ -281,6 +291,9 @@ def _attribute_y(ctx, base, kappa, covered):
     init = _init_attribution(ctx, base)
     if init is not None:
         return init
+    if case_affine_ignored(ctx):
+        return Outcome("BN-AFFINE", False, base, "matches the output with gamma = 1 and beta = 0: the scale and "
+                       "shift passed were ignored")
     if case.eps == "default" and case.dtype in ("float32", "float64"):  # low precision blurs eps
         for e in EPS_CANDIDATES:
             if ctx.eps is not None and np.isclose(e, ctx.eps):

@@ -171,6 +171,19 @@ def cmd_fingerprint(args) -> int:
     return EXIT_OK
 
 
+def cmd_facts(args) -> int:
+    from .facts import run_facts
+    from .records import append_jsonl
+    recs = run_facts(args.framework or None)
+    for r in recs:
+        print(f"{r['fact']:6s} {r['status']:8s} {r['claim'][:60]}\n       -> {r['observed'][:160]}")
+    if args.out:
+        from pathlib import Path as _P
+        _P(args.out).unlink(missing_ok=True)  # one run's facts, not an accumulation
+        append_jsonl(args.out, recs)
+    return EXIT_OK
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
     return bench_main(args)
@@ -229,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None)
     p.add_argument("--kind", choices=["numpy", "torch-module"], default="numpy")
     p.set_defaults(fn=cmd_fingerprint)
+
+    p = sub.add_parser("facts", help="check the API facts the source documents state")
+    p.add_argument("--framework", action="append", help="torch, tensorflow (default: all installed)")
+    p.add_argument("--out", default=None, help="append the fact records to this JSONL")
+    p.set_defaults(fn=cmd_facts)
 
     p = sub.add_parser("bench", help="measure speed and detection power")
     p.add_argument("--json-out", default="reports/bench.json")

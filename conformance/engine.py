@@ -179,6 +179,8 @@ class AuditResult:
     seconds: float
     errors: list                       # harness-level problems (never the implementation's)
     shrunk: dict = field(default_factory=dict)   # (clause, dtype) -> (case, outcome)
+    first_failure_s: float | None = None         # seconds until the first failing outcome
+    first_failure_case: int | None = None        # how many cases it took
 
 
 def audit_implementation(impl, device, spec, profile, *, max_examples=100, seed=0, shrink_budget=30,
@@ -192,6 +194,7 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=100, seed=
     applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
     tallies: dict = {}
     count = [0]
+    first = [None, None]
     t0 = time.perf_counter()
 
     def body(case):
@@ -201,6 +204,8 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=100, seed=
         count[0] += 1
         for o in outs:
             tallies.setdefault((o.clause, case.dtype), ClauseTally()).add(o, case)
+            if not o.ok and first[0] is None:
+                first[0], first[1] = time.perf_counter() - t0, count[0]
         if progress:
             progress(count[0])
 
@@ -217,4 +222,4 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=100, seed=
     for key, t in tallies.items():
         if t.failed and t.failing_case is not None and shrink_budget > 0:
             shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, applicable, shrink_budget)
-    return AuditResult(tallies, count[0], time.perf_counter() - t0, [], shrunk)
+    return AuditResult(tallies, count[0], time.perf_counter() - t0, [], shrunk, first[0], first[1])

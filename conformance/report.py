@@ -51,7 +51,8 @@ def declared_conventions(spec, profile_name):
 
 
 def build(records: list[dict], spec, commit=None) -> dict:
-    results = [r for r in records if r.get("kind") != "fingerprint"]
+    facts = [r for r in records if r.get("kind") == "fact"]
+    results = [r for r in records if r.get("kind") not in ("fingerprint", "fact")]
     fps = {r["implementation"]: r for r in records if r.get("kind") == "fingerprint"}
     impls: dict = {}
     for r in results:
@@ -128,7 +129,32 @@ def build(records: list[dict], spec, commit=None) -> dict:
         "findings": findings,
         "accuracy_samples": samples,
         "porting": porting_guide(spec),
+        "documents": documents(results, facts, spec),
     }
+
+
+def documents(results, facts, spec) -> list[dict]:
+    """Per source document: what each of its specimens gets wrong and right, and its facts."""
+    from .adapters.snippets.registry import DOCUMENTS
+    out = []
+    for doc, title in DOCUMENTS.items():
+        specimens = {}
+        for r in results:
+            name = r["implementation"]
+            if not name.startswith(f"snippet.{doc}.") or r.get("device") not in ("cpu", None):
+                continue
+            s = specimens.setdefault(name, {"implementation": name, "profile": r.get("profile"), "clauses": {}})
+            if r["clause"] != "*":
+                prev = s["clauses"].get(r["clause"])
+                s["clauses"][r["clause"]] = r["status"] if prev is None else _worst([prev, r["status"]])
+            if r["status"] in ("fail", "known", "error") and r["clause"] != "*":
+                s.setdefault("findings", {}).setdefault(r["clause"], r.get("note") or "")
+        for s in specimens.values():
+            s["violates"] = sorted(c for c, st in s["clauses"].items() if st in ("fail", "known", "error"))
+            s["conforms"] = sorted(c for c, st in s["clauses"].items() if st == "pass")
+        out.append({"document": doc, "title": title, "specimens": list(specimens.values()),
+                    "facts": [f for f in facts if f.get("document") == doc]})
+    return out
 
 
 def porting_guide(spec) -> list[dict]:
@@ -278,6 +304,24 @@ def render_md(rep: dict) -> str:
         if f.get("reproduce"):
             L.append(f"- reproduce: `{f['reproduce']}`")
         L.append("")
+    L += ["## Source documents", "",
+          "Each document's code, transcribed in adapters/snippets/, audited under the profile it claims; "
+          "and each API fact it states, checked against the framework installed now.", ""]
+    for d in rep.get("documents", []):
+        L.append(f"### {d['document']}: {d['title']}")
+        L.append("")
+        for s in d["specimens"]:
+            L.append(f"- `{s['implementation']}` (profile {s['profile']}): violates "
+                     + (", ".join(f"[{c}]({SPEC_LINK.format(anchor(c))})" for c in s["violates"]) or "nothing")
+                     + f"; conforms to {len(s['conforms'])} clauses")
+            for c, note in sorted((s.get("findings") or {}).items()):
+                if note:
+                    L.append(f"  - {c}: {note[:200]}")
+        for f in d["facts"]:
+            L.append(f"- fact {f['fact']} **{f['status']}**: \u201c{f['claim']}\u201d \u2192 {f['observed']}")
+        if not d["specimens"] and not d["facts"]:
+            L.append("- (not run in these results)")
+        L.append("")
     L += ["## Accuracy plots", ""]
     for i, svg in enumerate(plots(rep)):
         L.append(f"![plot {i + 1}](data:image/svg+xml;utf8,{_svg_data(svg)})")
@@ -361,6 +405,17 @@ def render_html(rep: dict) -> str:
         if f.get("reproduce"):
             H.append(f"<br>reproduce: <code>{e(f['reproduce'])}</code>")
         H.append("</div>")
+    H.append("<h2>Source documents</h2>")
+    for d in rep.get("documents", []):
+        H.append(f"<h3>{e(d['document'])}: {e(d['title'])}</h3><ul>")
+        for s_ in d["specimens"]:
+            viol = ", ".join(f"<a href='{e(SPEC_LINK.format(anchor(c)))}'>{e(c)}</a>" for c in s_["violates"]) or "nothing"
+            H.append(f"<li><code>{e(s_['implementation'])}</code> (profile {e(str(s_['profile']))}): violates {viol}; "
+                     f"conforms to {len(s_['conforms'])} clauses</li>")
+        for f in d["facts"]:
+            H.append(f"<li>fact {e(f['fact'])} <b>{e(f['status'])}</b>: &ldquo;{e(f['claim'])}&rdquo; &rarr; "
+                     f"{e(f['observed'])}</li>")
+        H.append("</ul>")
     H.append("<h2>Accuracy</h2>")
     H += plots(rep)
     H.append("<h2>Porting guide</h2><table><tr><th>from</th><th>to</th><th>momentum</th><th>default momentum</th>"

@@ -20,7 +20,9 @@ def built(tmp_path_factory):
     for impl in ("snippet.002.numpy", "snippet.000.keras-old.BatchNormalization"):
         subprocess.run([sys.executable, "-m", "bnconf.worker", "--impl", impl, "--out", str(raw), "--max-examples",
                         "25", "--repro-dir", str(d / "repro")], check=True, cwd=ROOT, timeout=300)
+    from bnconf.facts import run_facts
     from bnconf.records import append_jsonl
+    append_jsonl(raw, run_facts(["torch"]))
     append_jsonl(raw, [{"implementation": "fault.segfault", "family": "extra", "profile": "torch", "device": "cpu",
                         "dtype": "*", "clause": "*", "status": "error", "note": "worker killed by signal SIGSEGV"}])
     from bnconf.report import build_report
@@ -48,9 +50,21 @@ def test_report_json_validates_and_keeps_not_run_apart_from_fail(built):
                for p in rep["porting"])
 
 
+def test_source_documents_section_lists_specimens_and_facts(built):
+    rep = json.loads(built[1][0].read_text())
+    docs = {d["document"]: d for d in rep["documents"]}
+    assert "BN-AXES" in docs["002"]["specimens"][0]["violates"]
+    keras_old = docs["000"]["specimens"][0]
+    assert keras_old["implementation"] == "snippet.000.keras-old.BatchNormalization"
+    assert "BN-EPS-INSIDE" in keras_old["violates"]
+    facts = {f["fact"]: f for f in docs["000"]["facts"]}
+    assert facts["000-5"]["status"] == "holds" and facts["000-1"]["status"] == "holds"
+
+
 def test_markdown_has_every_section(built):
     md = built[1][1].read_text()
-    for h in ("## Matrix", "## Conventions", "## Findings", "## Accuracy plots", "## Porting guide"):
+    for h in ("## Matrix", "## Conventions", "## Findings", "## Source documents", "## Accuracy plots",
+              "## Porting guide"):
         assert h in md
     assert "(../spec/SPEC.md#bn-axes)" in md and "data:image/svg+xml" in md
 

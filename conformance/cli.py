@@ -184,6 +184,15 @@ def cmd_facts(args) -> int:
     return EXIT_OK
 
 
+def cmd_known(args) -> int:
+    from .known import draft
+    from .records import read_jsonl
+    for impl, text in draft(read_jsonl(args.raw)).items():
+        print(f"# ---- adapters/known/{impl}.yaml (draft: write each reason and link by hand)")
+        print(text)
+    return EXIT_OK
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
     return bench_main(args)
@@ -247,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--framework", action="append", help="torch, tensorflow (default: all installed)")
     p.add_argument("--out", default=None, help="append the fact records to this JSONL")
     p.set_defaults(fn=cmd_facts)
+
+    p = sub.add_parser("known", help="draft known-deviation entries from raw results (reasons left to you)")
+    p.add_argument("raw", nargs="+")
+    p.add_argument("--draft", action="store_true", help="print YAML drafts (the only mode)")
+    p.set_defaults(fn=cmd_known)
 
     p = sub.add_parser("bench", help="measure speed and detection power")
     p.add_argument("--json-out", default="reports/bench.json")

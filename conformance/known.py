@@ -100,3 +100,27 @@ def apply_known(records: list[dict], entries: list[dict], impl_name: str, device
                           "clause": e["clause"], "status": "error", "cases": 0, "passed": 0, "failed": 0,
                           "note": f"known-deviation entry {e['_where']} matches no result (stale entry)"})
     return records + extra
+
+
+def draft(records: list[dict]) -> dict[str, str]:
+    """YAML drafts of known-deviation files for every unexpected failure in `records`, one per
+    implementation: each entry lists the failing dtypes and the measured note. The reason is
+    left as TODO on purpose: a person reads the finding and its reproducer, then writes it."""
+    per: dict = {}
+    for r in records:
+        if r.get("status") != "fail" or r.get("clause") in (None, "*"):
+            continue
+        per.setdefault(r["implementation"], {}).setdefault(r["clause"], {"dtypes": set(), "notes": set()})
+        e = per[r["implementation"]][r["clause"]]
+        e["dtypes"].add(r.get("dtype"))
+        if r.get("note"):
+            e["notes"].add(r["note"][:160])
+    out = {}
+    for impl, clauses in per.items():
+        lines = [f"implementation: {impl}", "deviations:"]
+        for clause, e in sorted(clauses.items()):
+            lines += [f"  - clause: {clause}", f"    dtypes: [{', '.join(sorted(e['dtypes']))}]",
+                      "    reason: TODO " + "; ".join(sorted(e["notes"]))[:300].replace(":", " -"),
+                      "    link: TODO"]
+        out[impl] = "\n".join(lines) + "\n"
+    return out

@@ -347,8 +347,15 @@ class _Equinox:
         return out
 
     def running_stats(self):
-        st = self.state.get(self.bn.state_index)
-        return _np(st[0])[0].reshape(-1), _np(st[1])[0].reshape(-1)
+        """What eval normalizes with: the EMA state ("ema"), or the hidden averages divided by
+        1 - momentum^count ("batch", equinox's zero-debiasing)."""
+        if self.mode == "ema":
+            mean, var = self.state.get(self.bn.ema_state_index)
+            return _np(mean)[0].reshape(-1), _np(var)[0].reshape(-1)
+        hm, hv = self.state.get(self.bn.batch_state_index)
+        count = int(np.asarray(self.state.get(self.bn.batch_counter)))
+        scale = 1.0 if count == 0 else 1.0 - float(self.bn.momentum) ** count
+        return _np(hm)[0].reshape(-1) / scale, _np(hv)[0].reshape(-1) / scale
 
     def counter(self):
         return None

@@ -182,7 +182,7 @@ def make_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S):
 
 
 def audit(target, profile, *, kind="numpy", max_examples=60, seed=0, spec_path=None, repro_dir=None,
-          shrink_budget=25, fingerprint=True, timeout=CALL_TIMEOUT_S, impl=None) -> AuditReport:
+          shrink_budget=25, fingerprint=True, timeout=CALL_TIMEOUT_S, impl=None, progress=None) -> AuditReport:
     """Run the shared cases for every clause that applies; returns an AuditReport."""
     import time
 
@@ -196,7 +196,7 @@ def audit(target, profile, *, kind="numpy", max_examples=60, seed=0, spec_path=N
     impl = impl or make_implementation(target, profile, kind, timeout)
     t0 = time.perf_counter()
     result = audit_implementation(impl, "cpu", spec, prof, max_examples=max_examples, seed=seed,
-                                  shrink_budget=shrink_budget)
+                                  shrink_budget=shrink_budget, progress=progress)
     rep = AuditReport(target, profile, "conforms", cases=result.cases)
     by_clause: dict = {}
     for (cid, dtype), t in result.tallies.items():

@@ -182,6 +182,16 @@ def y_train(ctx: Ctx):
     return [_attribute_y(ctx, base, kappa, covered)]
 
 
+def _leaks_nonfinite(ctx) -> bool:
+    for k in range(ctx.case.steps):
+        y = ctx.trace.get(f"train_{k}/y")
+        if y is not None and np.shape(y) == ctx.case.shape:
+            mask = ctx.channel_mask(ctx.case.shape)
+            if not np.all(np.isfinite(np.asarray(y, np.float64)[mask])):
+                return True
+    return False
+
+
 def _kappas(ctx):
     from .case import channel_kappa
     keep = np.ones(ctx.case.num_features, bool)
@@ -252,7 +262,7 @@ def numeric_attribution(ctx, clause, cmp_fn, base, conditioning=True):
     if case.dtype == "float64" and base.ratio >= 1e3:
         alt = cmp_fn(ctx.model.with_compute("float32"))
         if alt is not None and alt.ok and _passes(ctx, case.replace(dtype="float32"), clause):
-            if case.eps != "default" and _passes(ctx, case.replace(eps=float(case.eps) * 1e-3), clause):
+            if conditioning and case.eps != "default" and _passes(ctx, case.replace(eps=float(case.eps) * 1e-3), clause):
                 eps_clause = ctx.clause_for("eps_placement") or clause
                 return Outcome(eps_clause, False, base, f"{clause}: an eps-sized deviation (gone with eps/1000)",
                                {"eps_placement": "other"})
@@ -307,8 +317,9 @@ def _attribute_y(ctx, base, kappa, covered):
         return num
     if case.special == "constant":
         return Outcome("BN-CONSTANT-CHANNEL", False, base, "case has a constant channel")
-    if case.special in ("nan", "inf"):
-        return Outcome("BN-NONFINITE-CONFINED", False, base, f"{case.special} in channel {case.special_channel}")
+    if case.special in ("nan", "inf") and _leaks_nonfinite(ctx):
+        return Outcome("BN-NONFINITE-CONFINED", False, base, f"{case.special} in channel "
+                       f"{case.special_channel % case.num_features} made other channels non-finite")
     if case.affine == "off":
         return Outcome("BN-AFFINE-OFF", False, base)
     return Outcome("BN-NORMALIZE", False, base)

@@ -109,12 +109,28 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def progress_bar(total: int, label: str):
+    """A progress bar on stderr when it is a terminal (never in --json output or CI logs)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int):
+        n = min(done, total)
+        filled = int(30 * n / max(total, 1))
+        print(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} cases", end="", file=sys.stderr,
+              flush=True)
+        if done >= total:
+            print(file=sys.stderr)
+    return show
+
+
 def cmd_audit(args) -> int:
     from .audit_user import TargetError, audit
     from .spec_loader import SpecError
     try:
         rep = audit(args.target, args.profile, kind=args.kind, max_examples=args.max_examples, seed=args.seed,
-                    spec_path=args.spec, repro_dir=args.repro_dir, fingerprint=not args.no_fingerprint)
+                    spec_path=args.spec, repro_dir=args.repro_dir, fingerprint=not args.no_fingerprint,
+                    progress=progress_bar(args.max_examples, "auditing"))
     except (TargetError, SpecError) as exc:
         return _err(str(exc))
     if args.json:

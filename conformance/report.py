@@ -40,6 +40,16 @@ def _git_commit():
         return None
 
 
+def _cpu_name():
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def declared_conventions(spec, profile_name):
     p = spec.profiles.get(profile_name)
     if p is None:
@@ -119,7 +129,9 @@ def build(records: list[dict], spec, commit=None) -> dict:
         "generated": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "suite": {"commit": commit or _git_commit(), "version": __import__("bnconf").__version__},
         "environment": {"python": platform.python_version(), "platform": platform.platform(),
-                        "machine": platform.machine()},
+                        "machine": platform.machine(), "cpu": _cpu_name(), "cpus": __import__("os").cpu_count(),
+                        "gpu": sorted({n["note"] for i in impls.values() for n in i["notes"] if n["device"] != "cpu"})
+                        or "GPU results present"},
         "summary": counts,
         "implementations": [dict(i, devices=sorted(d for d in i["devices"] if d)) for i in impls.values()],
         "clauses": [{"id": c.id, "title": c.title, "level": c.level, "link": SPEC_LINK.format(anchor(c.id)),
@@ -258,7 +270,8 @@ def plots(report: dict) -> list[str]:
 def render_md(rep: dict) -> str:
     L = ["# bnconf discrepancy report", "",
          f"Generated {rep['generated']} · suite {rep['suite']['version']} (commit {rep['suite']['commit']}) · "
-         f"spec version {rep['spec_version']} · Python {rep['environment']['python']} on {rep['environment']['platform']}",
+         f"spec version {rep['spec_version']} · Python {rep['environment']['python']} on {rep['environment']['platform']} · "
+         f"CPU: {rep['environment'].get('cpu')} ({rep['environment'].get('cpus')} cores) · GPU: {rep['environment'].get('gpu')}",
          "", "Statuses: pass · FAIL (a finding) · known (a listed deviation, still measured) · XPASS (a listed "
          "deviation that passed) · n/s (unsupported by the implementation) · ERROR (no result) · not run.", "",
          "Summary: " + ", ".join(f"{k} {v}" for k, v in sorted(rep["summary"].items())), "",

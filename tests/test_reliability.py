@@ -100,3 +100,24 @@ def test_malformed_spec_stops_before_any_run(run_cli, tmp_path):
     bad.write_text("spec_version: 1\nclauses: [\n")
     out = run_cli("--spec", str(bad), "run", "--family", "onnx", "--out", str(tmp_path / "r.jsonl"))
     assert out.returncode == 2 and f"{bad}:" in out.stderr and not (tmp_path / "r.jsonl").exists()
+
+
+def test_same_seed_same_records(tmp_path):
+    """Same commit, versions and seed: the same records, timings aside."""
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"raw{i}.jsonl"
+        subprocess.run([sys.executable, "-m", "bnconf.worker", "--impl", "snippet.002.numpy", "--out", str(out),
+                        "--max-examples", "20", "--seed", "7", "--repro-dir", str(tmp_path / f"repro{i}")],
+                       check=True, cwd=ROOT, timeout=300)
+        recs = records.read_jsonl([out])
+        for r in recs:
+            for k in ("elapsed_s", "wall_s", "reproducer"):
+                r.pop(k, None)
+        outs.append(recs)
+    assert outs[0] == outs[1]
+    other = tmp_path / "seed8.jsonl"
+    subprocess.run([sys.executable, "-m", "bnconf.worker", "--impl", "snippet.002.numpy", "--out", str(other),
+                    "--max-examples", "20", "--seed", "8", "--repro-dir", str(tmp_path / "r8")], check=True, cwd=ROOT,
+                   timeout=300)
+    assert [r.get("case") for r in records.read_jsonl([other])] != [r.get("case") for r in outs[0]]

@@ -203,7 +203,10 @@ def _kappas(ctx):
 
 def convention_attribution(ctx, base, cmp_under):
     """If flipping one forward convention makes cmp_under(profile) pass, the failure is that
-    convention's clause. Returns an Outcome or None."""
+    convention's clause. Returns an Outcome or None. A marginal failure (ratio <= 2) is not
+    evidence for a convention: rounding can flip it."""
+    if base.ratio <= 2:
+        return None
     for fld in ("eps_placement", "normalize_variance"):
         for alt in (v for v in FLIPS[fld] if v != ctx.eff.conventions[fld]):
             with np.errstate(all="ignore"):
@@ -215,7 +218,10 @@ def convention_attribution(ctx, base, cmp_under):
 
 
 def case_affine_ignored(ctx) -> bool:
-    if ctx.case.affine != "random" or ctx.weight is None:
+    """Scale and shift ignored: the output is x_hat itself. Only judged where gamma matters (no
+    special channel) and rounding cannot mimic it (float32/float64)."""
+    if ctx.case.affine != "random" or ctx.weight is None or ctx.case.special != "none" \
+            or ctx.case.dtype not in ("float32", "float64"):
         return False
     x = ctx.arrays["x_train_0"]
     y_plain = oracle.train_forward(x, None, None, ctx.eps, ctx.fa, ctx.profile)[0]
@@ -292,7 +298,7 @@ def _passes(ctx, variant, clause) -> bool:
 
 def _attribute_y(ctx, base, kappa, covered):
     case = ctx.case
-    for fld in ("eps_placement", "normalize_variance", "reduction"):
+    for fld in ("eps_placement", "normalize_variance", "reduction") if base.ratio > 2 else ():
         for alt in (v for v in FLIPS[fld] if v != ctx.profile.conventions[fld]):
             with np.errstate(all="ignore"):
                 cmp = _y_train_cmp(ctx, ctx.profile.with_convention(**{fld: alt}), ctx.model, ctx.eps)

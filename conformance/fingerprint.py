@@ -113,48 +113,43 @@ def _y_for(impl, case):
     return arrays, t.get("train_0/y"), t
 
 
+def _centred_and_unscaled(arrays, y, fa):
+    """(x - mu, var, (y - beta)/gamma) for the probe's first batch: the probe compares in x_hat space."""
+    x = arrays["x_train_0"].astype(np.float64)
+    m, v, _ = _stats(x, fa)
+    sh = [1] * x.ndim
+    sh[fa] = -1
+    g, b = arrays.get("weight"), arrays.get("bias")
+    yy = np.asarray(y, np.float64)
+    if b is not None:
+        yy = (yy - np.asarray(b, np.float64).reshape(sh)) / np.asarray(g, np.float64).reshape(sh)
+    return x - m.reshape(sh), v.reshape(sh), yy
+
+
 def _probe_eps(impl, dt, shape, fa, with_default):
-    """Channels with variance comparable to eps: inside vs outside the square root, and the
-    default eps solved from y = (x - mu)/sqrt(var + eps)."""
+    """Channels with variance comparable to eps: which placement reproduces y (the oracle's own
+    variants), and the default eps solved from y = (x - mu)/sqrt(var + eps)."""
+    from . import oracle
     out = {"eps_placement": None, "default_eps": None}
-    case = Case(seed=12, shape=shape, feature_axis=fa, dtype=dt, steps=1, affine="off",
-                momentum=0.1, eps=1e-2, kappa=1.0, log_scale=-1.0, grads=False)
     caps = impl.capabilities
-    if not caps.get("affine_off", True):
-        case = case.replace(affine="default" if caps.get("default_init", True) else "random")
+    aff = "off" if caps.get("affine_off", True) else ("default" if caps.get("default_init", True) else "random")
+    case = Case(seed=12, shape=shape, feature_axis=fa, dtype=dt, steps=1, affine=aff, momentum=0.1, eps=1e-2,
+                kappa=1.0, log_scale=-1.0, grads=False)
     arrays, y, _ = _y_for(impl, case)
     if y is not None:
-        x = arrays["x_train_0"].astype(np.float64)
-        m, v, _ = _stats(x, fa)
-        sh = [1] * x.ndim
-        sh[fa] = -1
-        m, v = m.reshape(sh), v.reshape(sh)
-        g = arrays.get("weight")
-        b = arrays.get("bias")
-        gg = 1.0 if g is None else np.asarray(g, np.float64).reshape(sh)
-        bb = 0.0 if b is None else np.asarray(b, np.float64).reshape(sh)
-        inside = gg * (x - m) / np.sqrt(v + 1e-2) + bb
-        outside = gg * (x - m) / (np.sqrt(v) + 1e-2) + bb
-        ei, eo = np.max(np.abs(y - inside)), np.max(np.abs(y - outside))
-        out["eps_placement"] = "inside_sqrt" if ei < 1e-3 and ei < eo else "outside_sqrt" if eo < 1e-3 else "other"
-    if with_default:
-        case = case.replace(eps="default", affine="off" if caps.get("affine_off", True) else case.affine,
-                            log_scale=-1.5)
-        arrays, y, _ = _y_for(impl, case)
-        if y is not None:
-            x = arrays["x_train_0"].astype(np.float64)
-            m, v, _ = _stats(x, fa)
-            sh = [1] * x.ndim
-            sh[fa] = -1
-            g = arrays.get("weight")
-            b = arrays.get("bias")
-            gg = 1.0 if g is None else np.asarray(g, np.float64).reshape(sh)
-            bb = 0.0 if b is None else np.asarray(b, np.float64).reshape(sh)
-            d = (x - m.reshape(sh)) * gg
-            yy = np.asarray(y, np.float64) - bb
+        d, v, yy = _centred_and_unscaled(arrays, y, fa)
+        errs = {}
+        for placement in ("inside_sqrt", "outside_sqrt", "minus_inside_sqrt"):
             with np.errstate(all="ignore"):
-                s2 = np.where(np.abs(yy) > 1e-3, (d / yy) ** 2, np.nan)
-                eps = np.nanmedian(s2 - v.reshape(sh))
+                errs[placement] = np.nanmax(np.abs(yy - oracle.normalize(d, 0.0, v, 1e-2, None, None, fa, placement)))
+        best = min(errs, key=errs.get)
+        out["eps_placement"] = best if errs[best] < 1e-3 else "other"
+    if with_default:
+        arrays, y, _ = _y_for(impl, case.replace(eps="default", log_scale=-1.5))
+        if y is not None:
+            d, v, yy = _centred_and_unscaled(arrays, y, fa)
+            with np.errstate(all="ignore"):
+                eps = np.nanmedian(np.where(np.abs(yy) > 1e-3, (d / yy) ** 2, np.nan) - v)
             if np.isfinite(eps):
                 out["default_eps"] = float(f"{eps:.2g}") if eps > 0 else 0.0
     return out

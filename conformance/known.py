@@ -84,23 +84,28 @@ def _matches(entry, rec) -> bool:
 
 
 def apply_known(records: list[dict], entries: list[dict], impl_name: str, device: str) -> list[dict]:
-    """Mark listed deviations; add an error record for each entry that matched nothing."""
-    used = [False] * len(entries)
-    for r in records:
-        for i, e in enumerate(entries):
-            if _matches(e, r) and r["status"] in ("fail", "pass"):
-                used[i] = True
-                r["known"] = {"reason": e["reason"], "link": e["link"], "where": e["_where"]}
-                r["status"] = "known" if r["status"] == "fail" else "unexpected_pass"
+    """Mark listed deviations. An entry's matched failures become `known`. An entry whose
+    deviation was observed nowhere in this run is an `unexpected_pass` (its matched passes are
+    marked so), and an entry that matches no record at all is an `error` (stale): both fail the
+    audit. A dtype where a sampled deviation happens not to show stays a plain `pass`."""
     extra = []
-    for i, e in enumerate(entries):
+    for e in entries:
+        matched = [r for r in records if _matches(e, r) and r["status"] in ("fail", "pass", "known")]
+        note = {"reason": e["reason"], "link": e["link"], "where": e["_where"]}
+        if any(r["status"] in ("fail", "known") for r in matched):
+            for r in matched:
+                if r["status"] == "fail":
+                    r["status"], r["known"] = "known", note
+            continue
         devs = e.get("devices")
-        if not used[i] and (devs is None or device in devs):
+        if matched:
+            for r in matched:
+                r["status"], r["known"] = "unexpected_pass", note
+        elif devs is None or device in devs:
             extra.append({"implementation": impl_name, "device": device, "dtype": ",".join(e.get("dtypes", ["*"])),
                           "clause": e["clause"], "status": "error", "cases": 0, "passed": 0, "failed": 0,
                           "note": f"known-deviation entry {e['_where']} matches no result (stale entry)"})
     return records + extra
-
 
 def draft(records: list[dict]) -> dict[str, str]:
     """YAML drafts of known-deviation files for every unexpected failure in `records`, one per

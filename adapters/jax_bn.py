@@ -31,12 +31,6 @@ def _param_dtype(dtype):
     return "float64" if dtype == "float64" else "float32"
 
 
-def _shape_c(params):
-    s = [1] * params["rank"]
-    s[params["feature_axis"]] = params["num_features"]
-    return s
-
-
 def _probe_x(params):
     s = [2] * params["rank"]
     s[params["feature_axis"]] = params["num_features"]

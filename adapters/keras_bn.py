@@ -41,17 +41,15 @@ def _to_backend(backend, a, dtype):
 
 def _np(backend, t):
     if backend == "torch":
-        import torch
         t = t.detach().cpu()
         name = str(t.dtype).replace("torch.", "")
         return np_out(t.float().numpy() if name == "bfloat16" else t.numpy().copy(), name)
-    name = str(t.dtype)
-    arr = np.array(t.astype("float32") if name == "bfloat16" else t) if backend == "jax" else None
-    if backend == "tensorflow":
-        import tensorflow as tf
-        name = t.dtype.name
-        arr = (tf.cast(t, tf.float32) if name == "bfloat16" else t).numpy().copy()
-    return np_out(arr, name)
+    if backend == "jax":
+        name = str(t.dtype)
+        return np_out(np.array(t.astype("float32") if name == "bfloat16" else t), name)
+    import tensorflow as tf
+    name = t.dtype.name
+    return np_out((tf.cast(t, tf.float32) if name == "bfloat16" else t).numpy().copy(), name)
 
 
 class _Instance:
@@ -107,7 +105,6 @@ class _Instance:
             gx, gt = jax.grad(f, argnums=(0, 1))(xt, tv)
             g = [gx] + list(gt)
         else:
-            import torch
             xg = xt.clone().requires_grad_(True)
             tvt = [v.detach().clone().requires_grad_(True) for v in tv]
             y, _ = layer.stateless_call(tvt, ntv, xg, training=training)

@@ -81,10 +81,8 @@ class _NumpyInstance:
             nm, nv = np.asarray(nm, np.float64).reshape(-1), np.asarray(nv, np.float64).reshape(-1)
             if nm.shape != before[0].shape or nv.shape != before[1].shape:
                 raise ProtocolError(f"running statistics of shape {nm.shape}/{nv.shape}, expected {before[0].shape}")
-            if training:
-                self.rm, self.rv = nm.astype(self.rm.dtype), nv.astype(self.rv.dtype)
-            else:  # eval must not change them; keep what came back so BN-EVAL-NO-UPDATE sees it
-                self.rm, self.rv = nm.astype(self.rm.dtype), nv.astype(self.rv.dtype)
+            # kept in eval too: an eval call that changes them is what BN-EVAL-NO-UPDATE must see
+            self.rm, self.rv = nm.astype(self.rm.dtype), nv.astype(self.rv.dtype)
         return {"y": y.astype(np.float64) if y.dtype not in (np.float16, np.float32, np.float64) else y,
                 "y_dtype": str(y.dtype), "mutated": mutated}
 

@@ -15,18 +15,13 @@ import contextlib
 import importlib
 import importlib.util
 import io
-import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .adapters._protocol import Implementation, Unsupported, default_capabilities
 
-from .adapters.numpy_protocol import (CALL_TIMEOUT_S, CallTimeout, ProtocolError, _NumpyInstance,
-                                      _time_limit)
+from .adapters.numpy_protocol import CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit
 
 
 class TargetError(Exception):
@@ -236,9 +231,7 @@ def audit(target, profile, *, kind="numpy", max_examples=60, seed=0, spec_path=N
             rep.fingerprint = measure(impl, default_momentum=False, default_eps=False)
         except Exception as exc:
             rep.fingerprint = {"error": f"{type(exc).__name__}: {exc}"}
-        rep.fingerprint.setdefault("default_momentum", None)
+        rep.fingerprint.setdefault("default_momentum", None)  # not probed for user targets
         rep.fingerprint.setdefault("default_eps", None)
-        if kind == "numpy":
-            rep.fingerprint["default_momentum"] = rep.fingerprint["default_eps"] = None
     rep.seconds = time.perf_counter() - t0
     return rep

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-DTYPES = ("float16", "bfloat16", "float32", "float64")
 DEFAULT = "default"  # use the implementation's own default (eps, momentum, weight init)
 
 

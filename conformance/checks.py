@@ -61,6 +61,7 @@ class Ctx:
         # own clause under it, so one convention deviation is one finding, not a cascade.
         self.eff = self.profile
         self.rerun = None  # set by the engine: evaluate a variant of the case (no nested attribution)
+        self.relations = {}  # set by the engine: name -> (x, overrides) of the relation calls it made
 
     def standard_forward(self):
         """Whether the measured forward conventions are the spec's (oracle gradients,
@@ -489,8 +490,6 @@ def y_eval(ctx: Ctx):
     x = ctx.arrays["x_eval"]
     m = oracle._per_feature(rm, x.ndim, ctx.fa)
     v = oracle._per_feature(rv, x.ndim, ctx.fa)
-    y_exp = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.eff.eps_placement)
-
     def cmp_under(profile, model=None):
         ye = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, profile.eps_placement)
         bound = tolerance.y_eval_bound(model or ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
@@ -544,6 +543,16 @@ def eval_no_update(ctx: Ctx):
 
 
 # ------------------------------------------------------------------------ gradients
+def _grad_comparison(ctx, phase, exp, bounds):
+    """The worst of dx, dgamma, dbeta of one phase against the oracle's and their bounds."""
+    cmps = [compare(ctx.trace[f"{phase}/dx"], exp[0], bounds[0], f"dx ({phase})", key=f"{phase}/dx")]
+    if f"{phase}/dweight" in ctx.trace and ctx.case.affine != "off":
+        cmps.append(compare(ctx.trace[f"{phase}/dweight"], exp[1], bounds[1], f"dgamma ({phase})",
+                            key=f"{phase}/dweight"))
+        cmps.append(compare(ctx.trace[f"{phase}/dbias"], exp[2], bounds[2], f"dbeta ({phase})", key=f"{phase}/dbias"))
+    return _worst(cmps)
+
+
 @check("grads_train", emits=("BN-GRAD-TRAIN",))
 def grads_train(ctx: Ctx):
     if "train_0/dx" not in ctx.trace or not _trainable_case(ctx) or ctx.case.special != "none" \
@@ -555,11 +564,7 @@ def grads_train(ctx: Ctx):
 
     def cmp_fn(model):
         bounds = tolerance.grads_train_bound(model, x, dy, ctx.weight, ctx.eps, ctx.fa, u, exp)
-        cmps = [compare(ctx.trace["train_0/dx"], exp[0], bounds[0], "dx", key="train_0/dx")]
-        if "train_0/dweight" in ctx.trace and ctx.case.affine != "off":
-            cmps.append(compare(ctx.trace["train_0/dweight"], exp[1], bounds[1], "dgamma", key="train_0/dweight"))
-            cmps.append(compare(ctx.trace["train_0/dbias"], exp[2], bounds[2], "dbeta", key="train_0/dbias"))
-        return _worst(cmps)
+        return _grad_comparison(ctx, "train_0", exp, bounds)
     w = cmp_fn(ctx.model)
     if not w.ok:
         return [numeric_attribution(ctx, "BN-GRAD-TRAIN", cmp_fn, w)]
@@ -585,11 +590,7 @@ def grads_eval(ctx: Ctx):
             bounds = tolerance.grads_eval_bound(model, x, dy, ctx.weight, rm, rv, ctx.eps, ctx.fa, u, exp)
         else:
             bounds = tolerance.grads_train_bound(model, x, dy, ctx.weight, ctx.eps, ctx.fa, u, exp)
-        cmps = [compare(ctx.trace["eval/dx"], exp[0], bounds[0], "dx (eval)", key="eval/dx")]
-        if "eval/dweight" in ctx.trace and ctx.case.affine != "off":
-            cmps.append(compare(ctx.trace["eval/dweight"], exp[1], bounds[1], "dgamma (eval)", key="eval/dweight"))
-            cmps.append(compare(ctx.trace["eval/dbias"], exp[2], bounds[2], "dbeta (eval)", key="eval/dbias"))
-        return _worst(cmps)
+        return _grad_comparison(ctx, "eval", exp, bounds)
     w = cmp_fn(ctx.model)
     if not w.ok:
         return [numeric_attribution(ctx, "BN-GRAD-EVAL", cmp_fn, w, conditioning=not tracked)]
@@ -684,7 +685,8 @@ def empty_batch(ctx: Ctx):
 
 # ------------------------------------------------------------------- relation checks
 def relation_inputs(case: Case, arrays: dict) -> list:
-    """The extra calls the relation checks need: (name, mode, x, params-or-None)."""
+    """The extra calls the relation checks need: (name, mode, x, overrides-or-None). Keys starting
+    with "_" are for the checks (the permutation, the scale), never passed to the adapter."""
     if case.n_per_channel < 2 or case.special != "none" or case.shape[0] == 0:
         return []
     x = arrays["x_train_0"]
@@ -694,7 +696,7 @@ def relation_inputs(case: Case, arrays: dict) -> list:
     flat = moved.reshape(-1, moved.shape[-1])
     perm = rng.permutation(flat.shape[0])
     xp = np.moveaxis(flat[perm].reshape(moved.shape), -1, case.feature_axis)
-    extra.append(("perm", "train", np.ascontiguousarray(xp), None))
+    extra.append(("perm", "train", np.ascontiguousarray(xp), {"_perm": perm}))
     if case.num_features > 1:
         xc = x.copy()
         idx = [slice(None)] * x.ndim
@@ -725,10 +727,9 @@ def axes_relation(ctx: Ctx):
     y0 = np.asarray(t["train_0/y"], np.float64)
     if y0.shape != x.shape:
         return []
-    rng = np.random.default_rng(case.seed + 1)
+    perm = ctx.relations["perm"][1]["_perm"]
     moved = np.moveaxis(y0, case.feature_axis, -1)
     flat = moved.reshape(-1, moved.shape[-1])
-    perm = rng.permutation(flat.shape[0])
     y_perm_exp = np.moveaxis(flat[perm].reshape(moved.shape), -1, case.feature_axis)
     y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
     keep = np.ones(case.num_features, bool)
@@ -763,7 +764,7 @@ def shift_invariance(ctx: Ctx):
     if "extra/shift/y" not in t or "train_0/y" not in t or not ctx.standard_forward():
         return []
     x = ctx.arrays["x_train_0"]
-    xs = next(e[2] for e in relation_inputs(ctx.case, ctx.arrays) if e[0] == "shift")
+    xs = ctx.relations["shift"][0]
     y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
     ys_exp = oracle.train_forward(xs, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
     u = ctx.u_out(t["train_0/y_dtype"])
@@ -786,8 +787,8 @@ def scale_invariance(ctx: Ctx):
     if "extra/scale/y" not in t or "train_0/y" not in t or not ctx.standard_forward():
         return []
     x = ctx.arrays["x_train_0"]
-    e = next(e for e in relation_inputs(ctx.case, ctx.arrays) if e[0] == "scale")
-    xs, eps_s = e[2], e[3]["eps"]
+    xs, over = ctx.relations["scale"]
+    eps_s = over["eps"]
     u = ctx.u_out(t["train_0/y_dtype"])
     y_exp = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
     ys_exp = oracle.train_forward(xs, ctx.weight, ctx.bias, eps_s, ctx.fa, ctx.profile)[0]
@@ -796,7 +797,7 @@ def scale_invariance(ctx: Ctx):
                  + tolerance.y_train_bound(model, xs, ctx.weight, ctx.bias, eps_s, ctx.fa, u, ys_exp)
                  + np.abs(ys_exp - y_exp))  # nonzero only if the scaled input under/overflowed
         return compare(t["extra/scale/y"], t["train_0/y"], bound,
-                       f"y(a x; a^2 eps) vs y(x; eps), a = {e[3]['_scale']:g}", key="extra/scale/y")
+                       f"y(a x; a^2 eps) vs y(x; eps), a = {over['_scale']:g}", key="extra/scale/y")
     cmp = cmp_fn(ctx.model)
     if not cmp.ok:
         def cmp_under(profile):  # does the convention predict the scaled output itself?

@@ -168,8 +168,7 @@ def cmd_fingerprint(args) -> int:
             impl = make_implementation(args.target, args.profile or "torch", args.kind)
         except TargetError as exc:
             return _err(str(exc))
-        fp = fingerprint(impl, default_momentum=False, default_eps=False)
-        fp["default_momentum"] = fp["default_eps"] = None if args.kind == "numpy" else fp.get("default_eps")
+        fp = fingerprint(impl, default_momentum=False, default_eps=False)  # defaults: not probed, null
     else:
         try:
             impl = find(args.target)

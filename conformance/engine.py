@@ -16,7 +16,7 @@ from .checks import Ctx, Outcome
 
 # Which capability a clause needs to be exercised at all (else: unsupported, with reason).
 REQUIRES = {
-    "BN-GRAD-TRAIN": "grads", "BN-GRAD-EVAL": "grads",
+    "BN-GRAD-TRAIN": "grads",
     "BN-MOMENTUM-CUMULATIVE": "momentum_none", "BN-NUM-BATCHES-TRACKED": "momentum_none",
     "BN-EVAL-BATCH": "no_running_stats", "BN-AFFINE-OFF": "affine_off",
     "BN-DEFAULT-EPS": "default_eps", "BN-DEFAULT-MOMENTUM": "default_momentum",
@@ -52,27 +52,29 @@ def build_params(case: Case, arrays: dict) -> dict:
     }
 
 
-def run_case(impl, case: Case, device: str, relations: bool = True):
-    """(arrays, params, trace) for one case."""
+def run_case(impl, case: Case, device: str):
+    """(arrays, params, trace, relations, post) for one case; relations and post are the extra
+    inputs the relation checks made, built once here and handed to the checks."""
     from .trace import run_trace
     arrays = materialize(case)
     params = build_params(case, arrays)
+    relations = checks_mod.relation_inputs(case, arrays)
     extra = []
-    if relations:
-        for name, mode, x, over in checks_mod.relation_inputs(case, arrays):
-            p = dict(params, **{k: v for k, v in (over or {}).items() if not k.startswith("_")}) if over else None
-            extra.append((name, mode, x, p))
-    post = checks_mod.post_eval_inputs(case, arrays) if relations else []
+    for name, mode, x, over in relations:
+        passed = {k: v for k, v in (over or {}).items() if not k.startswith("_")}
+        extra.append((name, mode, x, dict(params, **passed) if passed else None))
+    post = checks_mod.post_eval_inputs(case, arrays)
     trace = run_trace(impl, params, arrays, case.steps, device, grads=case.grads, extra=extra, post=post)
-    return arrays, params, trace
+    return arrays, params, trace, relations, post
 
 
 def evaluate(impl, case: Case, device: str, spec, profile, applicable: set, nested: bool = False):
     import warnings
     with np.errstate(all="ignore"), warnings.catch_warnings():  # NaN/Inf/empty cases are deliberate
         warnings.simplefilter("ignore")
-        arrays, params, trace = run_case(impl, case, device)
+        arrays, params, trace, relations, _ = run_case(impl, case, device)
         ctx = Ctx(case, arrays, trace, profile, spec, applicable)
+        ctx.relations = {name: (x, over) for name, _, x, over in relations}
         if not nested:
             ctx.rerun = lambda variant: evaluate(impl, variant, device, spec, profile, applicable, nested=True)[0]
         return checks_mod.run_checks(ctx), trace, arrays

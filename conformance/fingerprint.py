@@ -91,8 +91,6 @@ def fingerprint(impl, *, default_momentum=True, default_eps=True) -> dict:
                     fp["running_variance"] = "unbiased"
                 else:
                     fp["running_variance"] = "other"
-    elif caps.get("momentum_none") is False and not caps.get("running_stats", True):
-        fp["momentum_form"] = "none"
     if caps.get("running_stats", True) and caps.get("default_momentum", True) and default_momentum:
         pr = probe_momentum(impl, "default", dt, shape, fa)
         if pr is not None:
@@ -187,16 +185,15 @@ def _probe_reduction(impl, dt, shape, fa):
                 eps=1e-3, grads=False)
     arrays = materialize(case)
     params = build_params(case, arrays)
-    extra = [(n, m, x, None) for n, m, x, _ in relation_inputs(case, arrays) if n == "perm"]
+    _, _, xp, over = next(e for e in relation_inputs(case, arrays) if e[0] == "perm")
     with np.errstate(all="ignore"):
-        t = run_trace(impl, params, arrays, 1, "cpu", grads=False, extra=extra)
+        t = run_trace(impl, params, arrays, 1, "cpu", grads=False, extra=[("perm", "train", xp, None)])
     if "extra/perm/y" not in t or "train_0/y" not in t:
         return None
     y0 = np.asarray(t["train_0/y"], np.float64)
-    rng = np.random.default_rng(case.seed + 1)
     moved = np.moveaxis(y0, fa, -1)
     flat = moved.reshape(-1, moved.shape[-1])
-    perm = rng.permutation(flat.shape[0])
+    perm = over["_perm"]
     exp = np.moveaxis(flat[perm].reshape(moved.shape), -1, fa)
     ok = np.allclose(t["extra/perm/y"], exp, rtol=1e-4, atol=1e-5)
     return "all_but_feature_axis" if ok else "other"

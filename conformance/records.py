@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
-STATUSES = ("pass", "fail", "known", "unexpected_pass", "unsupported", "error", "not_run")
 BAD = ("fail", "unexpected_pass", "error")
 
 
@@ -44,11 +42,6 @@ def status_record(impl_name, family, profile, versions, device, dtype, clause, s
             "device": device, "dtype": dtype, "clause": clause, "status": status, "cases": 0,
             "passed": 0, "failed": 0, "measured": None, "allowed": None, "ratio": None,
             "comparison": None, "note": message, "measured_conventions": {}, "seed": None}
-
-
-def environment() -> dict:
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

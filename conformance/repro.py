@@ -106,16 +106,12 @@ def script_for(impl) -> str:
 
 def write(root: Path, impl, device: str, clause, case, outcome, run_case_fn) -> str:
     """Save the reproducer of one failing (case, outcome); returns the folder path."""
-    from .checks import post_eval_inputs, relation_inputs
-    from .engine import build_params
     def safe(t):
         return re.sub(r"[^A-Za-z0-9_.-]", "_", t)
     folder = Path(root) / safe(impl.name) / safe(f"{device}-{case.dtype}-{clause.id}")
     folder.mkdir(parents=True, exist_ok=True)
-    arrays, params, _ = run_case_fn(impl, case, device)
+    arrays, params, _, extra, post = run_case_fn(impl, case, device)
     meta_params = {k: v for k, v in params.items() if k not in ("weight", "bias")}
-    extra = relation_inputs(case, arrays)
-    post = post_eval_inputs(case, arrays)
     cmp = outcome.comparison
     meta = {
         "implementation": impl.name, "device": device, "clause": clause.id, "title": clause.title,

@@ -3,8 +3,6 @@ review comment can link `SPEC.md#bn-runvar-unbiased`. The committed file is chec
 up to date by the tests."""
 from __future__ import annotations
 
-from importlib import resources
-
 from .spec_loader import Spec
 
 
@@ -90,6 +88,3 @@ makes the oracle match, the finding names that convention's clause; if only a lo
 compute precision explains it, BN-DTYPE-ACCUM or BN-DTYPE-F64; if the case is
 ill-conditioned (kappa >= {ill_conditioned_kappa}), BN-VAR-STABLE."""
 
-
-def committed_path():
-    return resources.files("bnconf.spec").joinpath("SPEC.md")

@@ -100,9 +100,13 @@ def cmd_run(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import build_report
-    raws = args.raw or sorted(str(p) for p in Path("reports/raw").glob("*.jsonl"))
+    # raw/: this machine's records (not committed); gpu/: the GPU half, measured on a machine
+    # with a GPU (scripts/gpu_audit.sh) and committed, since most machines have none.
+    out = Path(args.out_dir)
+    raws = args.raw or (sorted(str(p) for p in (out / "raw").glob("*.jsonl"))
+                        + sorted(str(p) for p in (out / "gpu").glob("*.jsonl")))
     if not raws:
-        return _err("no raw results given and none found in reports/raw/")
+        return _err(f"no raw results given and none found in {out / 'raw'}/ or {out / 'gpu'}/")
     paths = build_report(raws, Path(args.out_dir), commit=args.commit)
     for p in paths:
         print(f"wrote {p}")

@@ -25,10 +25,11 @@ def _impl_names(config):
     from .registry import family_implementations, find
     names = []
     for fam in config.getoption("bnconf_family"):
-        names += [(i.name, i.profile) for i in family_implementations(fam)]
+        names += [(i.name, i.profile, "data_parallel" if getattr(i, "sync", False) else "single")
+                  for i in family_implementations(fam)]
     for n in config.getoption("bnconf_impl"):
         i = find(n)
-        names.append((i.name, i.profile))
+        names.append((i.name, i.profile, "data_parallel" if getattr(i, "sync", False) else "single"))
     return names
 
 
@@ -41,8 +42,11 @@ def plan(config) -> list[tuple[str, str]]:
     if target:
         prof = spec.profile(config.getoption("bnconf_profile") or "torch")
         out += [(target, c.id) for c in spec.clauses_for(prof) if not c.planned]
-    for name, profile in _impl_names(config):
-        out += [(name, c.id) for c in spec.clauses_for(spec.profile(profile))]
+    from .sync_engine import ATTRIBUTED
+    for name, profile, scope in _impl_names(config):
+        out += [(name, c.id) for c in spec.clauses_for(spec.profile(profile), scope)]
+        if scope == "data_parallel":   # single-device clauses a cross-replica finding may be attributed to
+            out += [(name, cid) for cid in ATTRIBUTED]
     return out
 
 
@@ -74,7 +78,7 @@ def _run(config) -> list[dict]:
         from .registry import find
         from .runner import run_many
         out = Path(config.getoption("bnconf_raw"))
-        impls = [find(nm) for nm, _ in names]
+        impls = [find(nm) for nm, *_ in names]
         run_many(impls, out, max_examples=n or 100, seed=config.getoption("bnconf_seed"),
                  timeout_s=config.getoption("bnconf_timeout"), repro_dir=str(out.parent.parent / "repro"),
                  echo=lambda m: print(m, flush=True))

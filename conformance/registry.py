@@ -14,8 +14,11 @@ MODULES = (
     "bnconf.adapters.jax_bn",
     "bnconf.adapters.onnx_bn",
     "bnconf.adapters.snippets",
+    "bnconf.adapters.sync_jax",
+    "bnconf.adapters.sync_tf",
+    "bnconf.adapters.sync_torch",
 )
-FAMILIES = ("torch", "tensorflow", "jax", "onnx", "snippets", "extra")
+FAMILIES = ("torch", "tensorflow", "jax", "onnx", "snippets", "distributed", "extra")
 
 
 def _extra_modules() -> tuple:

@@ -63,6 +63,12 @@ def declared_conventions(spec, profile_name):
 def build(records: list[dict], spec, commit=None) -> dict:
     facts = [r for r in records if r.get("kind") == "fact"]
     results = [r for r in records if r.get("kind") not in ("fingerprint", "fact")]
+    # A "gpu: not run here" placeholder from a CPU machine gives way to the GPU records
+    # measured elsewhere (reports/gpu/) for the same implementation.
+    on_gpu = {r["implementation"] for r in results if r.get("device") not in ("cpu", None)
+              and not (r["clause"] == "*" and r["status"] == "not_run")}
+    results = [r for r in results if not (r.get("device") == "gpu" and r["status"] == "not_run"
+                                          and r["clause"] == "*" and r["implementation"] in on_gpu)]
     fps = {r["implementation"]: r for r in records if r.get("kind") == "fingerprint"}
     impls: dict = {}
     for r in results:
@@ -112,7 +118,10 @@ def build(records: list[dict], spec, commit=None) -> dict:
             f["reproduce"] = f"python {r['reproducer']}/repro.py"
         findings.append(f)
     conventions = []
+    data_parallel = {r["implementation"] for r in results if r.get("scope") == "data_parallel"}
     for name, i in impls.items():
+        if name in data_parallel:
+            continue   # a wrapper of a layer fingerprinted on its own; its conventions are the layer's
         fp = fps.get(name, {}).get("fingerprint")
         conventions.append({"implementation": name, "profile": i["profile"],
                             "declared": declared_conventions(spec, i["profile"]), "measured": fp})

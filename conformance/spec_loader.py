@@ -39,6 +39,8 @@ class Clause:
     pins: dict[str, Any] = field(default_factory=dict)
     planned: str | None = None
     withdrawn: bool = False
+    scope: str = "single"   # "data_parallel": the cross-replica clauses, audited by sync_engine
+
 
     def applies_to(self, profile: "Profile") -> bool:
         if self.withdrawn:
@@ -94,8 +96,10 @@ class Spec:
             raise SpecError(self.path, None, "profile", f"unknown profile {name!r}; known: "
                             + ", ".join(sorted(self.profiles))) from None
 
-    def clauses_for(self, profile: Profile) -> list[Clause]:
-        return [c for c in self.clauses.values() if c.applies_to(profile)]
+    def clauses_for(self, profile: Profile, scope: str = "single") -> list[Clause]:
+        """The clauses that apply to an implementation of `profile`; `scope` separates the
+        single-device clauses from the cross-replica ones (a data-parallel wrapper)."""
+        return [c for c in self.clauses.values() if c.applies_to(profile) and c.scope == scope]
 
     def clause_for_convention(self, profile: Profile, conv_field: str) -> Clause | None:
         """The applicable clause that pins `conv_field` for this profile (None if unpinned)."""
@@ -194,7 +198,8 @@ def load_spec(path: str | Path | None = None) -> Spec:
             id=c["id"], title=c["title"], level=c["level"], text=c["text"].strip(),
             equation=c["equation"], modes=tuple(c["modes"]), check=c["check"],
             sources=tuple(c["sources"]), pins=dict(c.get("pins") or {}),
-            planned=c.get("planned"), withdrawn=bool(c.get("withdrawn", False)))
+            planned=c.get("planned"), withdrawn=bool(c.get("withdrawn", False)),
+            scope=c.get("scope", "single"))
         lines[c["id"]] = where or 0
     return Spec(str(path), data["spec_version"], conventions, profiles, dict(data["tolerance"]),
                 clauses, lines)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from bnconf.adapters._protocol import sync_capabilities  # noqa: F401  (re-exported)
+
 from .case import DEFAULT, Case
 
 KAPPAS = (0.0, 0.5, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 1e4)
@@ -161,4 +163,98 @@ def pinned_for(caps: dict) -> list[Case]:
             else:
                 continue
             break
+    return out
+
+
+# ----------------------------------------------------------------- cross-replica cases
+@st.composite
+def sync_cases(draw, caps: dict):
+    """A SyncCase within `caps`: 2..8 replicas, even and uneven splits (ragged arrays where
+    the engine takes them, padding plus a mask where it needs equal shapes), one replica
+    with no real rows where the engine allows it."""
+    from .sync_case import SyncCase
+    lo, hi = caps["replicas"]
+    R = draw(st.integers(lo, hi), label="replicas")
+    uneven_ok = caps.get("ragged") or caps.get("mask")
+    split = draw(st.sampled_from(["even", "uneven"] if uneven_ok else ["even"]), label="split")
+    if split == "even":
+        n = draw(st.integers(1, 6), label="rows per replica")
+        counts = [n] * R
+    else:
+        low = 0 if caps.get("empty_replica") else 1
+        counts = [draw(st.integers(low, 8), label=f"rows of replica {r}") for r in range(R)]
+        if len(set(counts)) == 1:
+            counts[0] = counts[0] + 1 if counts[0] < 8 else counts[0] - 1
+    masked = False
+    if caps.get("mask") and (split == "uneven" and not caps.get("ragged")):
+        masked = True
+    elif caps.get("mask"):
+        masked = draw(st.booleans(), label="masked")
+    if masked:
+        width = max(counts) + draw(st.integers(0, 2), label="padding rows")
+        rows = [width] * R
+    else:
+        rows = list(counts)
+    rank = draw(st.sampled_from(sorted(caps["ranks"])), label="rank")
+    where = draw(st.sampled_from(sorted(caps["feature_axes"])), label="feature axis")
+    C = draw(st.sampled_from([1, 2, 3, 4, 8]), label="channels")
+    spatial = [draw(st.integers(1, 4), label=f"spatial {i}") for i in range(rank - 2)]
+    inner = [C] + spatial if where == "first" else spatial + [C]
+    fa = 1 if where == "first" else rank - 1
+    if sum(counts) * int(np.prod(spatial or [1])) < 2:      # at least two values per channel
+        counts[0] += 1
+        rows[0] = max(rows[0], counts[0])
+        if masked:
+            rows = [max(rows)] * R
+    dtype = draw(st.sampled_from(sorted(caps["dtypes"])), label="dtype")
+    affine = draw(st.sampled_from(["random", "random", "default"] if caps.get("default_init", True) else ["random"]),
+                  label="affine")
+    kappa = draw(st.sampled_from(KAPPAS[:7]), label="|mean|/std")
+    return SyncCase(
+        seed=draw(st.integers(0, 2 ** 31 - 1), label="seed"), counts=tuple(counts), rows=tuple(rows),
+        inner=tuple(inner), feature_axis=fa, dtype=dtype,
+        momentum=draw(st.sampled_from([0.1, 0.5, 0.9, 0.99]) | st.floats(0.01, 0.99), label="momentum"),
+        eps=draw(st.sampled_from(EPS_VALUES), label="eps"), kappa=float(kappa),
+        log_scale=float(draw(st.sampled_from([-1.0, 0.0, 0.0, 1.0]), label="log10 scale")),
+        affine=affine, masked=masked)
+
+
+# Pinned cross-replica probes (hypothesis @example), adapted by `sync_pinned_for`.
+SYNC_PINNED = [
+    # even split, 8 replicas: the global batch is 8x each replica's
+    dict(seed=11, counts=(2,) * 8, inner=(3,), kappa=1.0),
+    # very uneven split: unweighted averaging of replica statistics is far off here
+    # (pytorch/pytorch#22192; flax's pmean of masked means)
+    dict(seed=12, counts=(1, 7, 2), inner=(2, 2, 4), kappa=3.0),
+    # one-pass variance over the global batch at |mean|/std = 100
+    dict(seed=13, counts=(4, 4), inner=(4, 4, 3), kappa=100.0),
+]
+
+
+def sync_pinned_for(caps: dict) -> list:
+    from .sync_case import SyncCase
+    out = []
+    for p in SYNC_PINNED:
+        counts = tuple(p["counts"])
+        R = len(counts)
+        lo, hi = caps["replicas"]
+        if not lo <= R <= hi:
+            continue
+        uneven = len(set(counts)) > 1
+        if uneven and not (caps.get("ragged") or caps.get("mask")):
+            continue
+        inner = tuple(p["inner"])
+        rank = 1 + len(inner)
+        if rank not in caps["ranks"]:
+            inner = inner[-1:] if 2 in caps["ranks"] else (1, 1, inner[-1])
+            rank = 1 + len(inner)
+        where = "last" if "last" in caps["feature_axes"] else "first"
+        if where == "first":
+            inner = inner[-1:] + inner[:-1]
+        masked = bool(uneven and not caps.get("ragged"))
+        rows = (max(counts),) * R if masked else counts
+        out.append(SyncCase(seed=p["seed"], counts=counts, rows=rows, inner=inner,
+                            feature_axis=1 if where == "first" else rank - 1, dtype=sorted(caps["dtypes"])[-1]
+                            if "float32" not in caps["dtypes"] else "float32", momentum=0.1, eps=1e-5,
+                            kappa=p["kappa"], masked=masked))
     return out

@@ -21,8 +21,58 @@ def gpu_kinds(devices: list[str]) -> list[str]:
     return [d for d in devices if d != "cpu"]
 
 
+def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_dir=None,
+                       shrink_budget=20, progress=None) -> list[dict]:
+    """Records of a data-parallel wrapper: the cross-replica clauses (scope data_parallel),
+    plus any single-device clause a finding was attributed to (e.g. BN-VAR-STABLE)."""
+    from . import sync_engine
+    profile = spec.profile(impl.profile)
+    versions = impl.versions()
+    clauses = spec.clauses_for(profile, scope="data_parallel")
+    try:
+        result = sync_engine.audit_sync(impl, device, spec, profile, max_examples=max_examples, seed=seed,
+                                        shrink_budget=shrink_budget, progress=progress)
+    except sync_engine.SyncUnsupported as exc:
+        return [rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", c.id,
+                                      "unsupported", f"the engine refuses it: {exc}") for c in clauses]
+    ids = [c.id for c in clauses] + sorted({k[0] for k in result.tallies} - {c.id for c in clauses})
+    out = []
+    for cid in ids:
+        need = sync_engine.SYNC_REQUIRES.get(cid)
+        if need and not impl.capabilities.get(need, False):
+            out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", cid,
+                                             "unsupported", f"the implementation lacks capability {need!r}"))
+            continue
+        for dtype in impl.capabilities["dtypes"]:
+            t = result.tallies.get((cid, dtype))
+            if t is None:
+                if cid in sync_engine.SYNC_REQUIRES:
+                    out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, dtype,
+                                                     cid, "not_run", "no generated case exercised this clause "
+                                                     f"in {dtype} ({result.cases} cases)"))
+                continue
+            path = None
+            shr = result.shrunk.get((cid, dtype))
+            if t.failed:
+                case, outcome = shr if shr and shr[1] is not None else (t.failing_case, t.failing)
+                try:
+                    path = sync_engine.write_reproducer(repro_dir, impl, device, cid, case, outcome)
+                except Exception as exc:  # the finding stands even if its reproducer could not be saved
+                    path = f"(reproducer not written: {type(exc).__name__}: {exc})"
+            out.append(rec_mod.tally_record(impl, device, versions, dtype, cid, t, shr, seed, path))
+    for r in out:
+        r["elapsed_s"] = round(result.seconds, 3)
+        r["total_cases"] = result.cases
+        r["scope"] = "data_parallel"
+    entries = known_mod.load_known(impl.name, spec, known_dir)
+    return known_mod.apply_known(out, entries, impl.name, device)
+
+
 def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_dir=None, shrink_budget=30,
                   progress=None) -> list[dict]:
+    if getattr(impl, "sync", False):
+        return sync_audit_records(impl, spec, device=device, max_examples=max_examples, seed=seed,
+                                  repro_dir=repro_dir, known_dir=known_dir, progress=progress)
     profile = spec.profile(impl.profile)
     versions = impl.versions()
     result = audit_implementation(impl, device, spec, profile, max_examples=max_examples, seed=seed,
@@ -96,7 +146,7 @@ def main(argv=None) -> int:
             continue
         records.extend(audit_records(impl, spec, device=device, max_examples=args.max_examples, seed=args.seed,
                                      repro_dir=args.repro_dir))
-    if "cpu" in wanted:
+    if "cpu" in wanted and not getattr(impl, "sync", False):
         from .fingerprint import fingerprint
         try:
             fp = fingerprint(impl)
@@ -106,8 +156,9 @@ def main(argv=None) -> int:
                         "profile": impl.profile, "versions": versions, "device": "cpu", "dtype": "*",
                         "clause": "*", "status": "info", "fingerprint": fp})
     if args.devices == "all" and not gpu_kinds(visible):
+        why = getattr(impl, "gpu_note", None) or "no GPU visible to the framework on this machine"
         records.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, "gpu", "*", "*", "not_run",
-                                             "no GPU visible to the framework on this machine"))
+                                             why))
     for r in records:
         r["wall_s"] = round(time.perf_counter() - t0, 3)
     rec_mod.append_jsonl(args.out, records)

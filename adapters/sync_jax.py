@@ -1,0 +1,264 @@
+"""JAX data-parallel BN: flax.linen.BatchNorm and flax.nnx.BatchNorm (axis_name, mask) and
+haiku.BatchNorm (cross_replica_axis), under pmap, shard_map and sharded jit, on several
+CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count, set here before jax is
+imported: each implementation runs in its own process).
+
+One training step per call: each replica differentiates its own loss sum(dy * y); the
+collective's transpose carries the other replicas' terms into dx. Parameter gradients are
+each replica's own contribution, summed here (what a data-parallel optimizer all-reduces).
+Under sharded jit the layer has no axis name: XLA's partitioner inserts the collectives.
+"""
+import os
+import sys
+
+import numpy as np
+
+from ._protocol import SyncImplementation, Unsupported
+
+FAMILY = "distributed"
+DEVICES = 8
+AXIS = "r"
+
+
+def _jax():
+    if "jax" not in sys.modules:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={DEVICES}".strip()
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def _cpus(R):
+    jax = _jax()
+    devs = jax.devices("cpu")
+    if len(devs) < R:
+        raise Unsupported(f"{R} replicas need {R} CPU devices; jax sees {len(devs)} (jax was imported before "
+                          f"XLA_FLAGS could set --xla_force_host_platform_device_count={DEVICES})")
+    return devs[:R]
+
+
+# ------------------------------------------------------------------ layers, functional
+def _linen(params, axis_name):
+    import flax.linen as nn
+    import jax.numpy as jnp
+    dt = params["dtype"]
+    layer = nn.BatchNorm(use_running_average=False, axis=-1, momentum=float(params["momentum"]),
+                         epsilon=float(params["eps"]), axis_name=axis_name, param_dtype=dt)
+    shape = [2] * params["rank"]
+    shape[-1] = params["num_features"]
+    probe = nn.BatchNorm(use_running_average=False, axis=-1, param_dtype=dt)   # same variables, no collective
+    v = probe.init(_jax().random.PRNGKey(0), jnp.zeros(shape, dt))
+    prm, state = dict(v["params"]), v["batch_stats"]
+    if params["weight"] is not None:
+        prm = {"scale": jnp.asarray(params["weight"], dt), "bias": jnp.asarray(params["bias"], dt)}
+
+    def apply(prm, state, x, mask):
+        kw = {} if mask is None else {"mask": mask}
+        y, upd = layer.apply({"params": prm, "batch_stats": state}, x, mutable=["batch_stats"], **kw)
+        return y, upd["batch_stats"]
+    return prm, state, apply, (lambda g: g["scale"], lambda g: g["bias"]), (lambda s: s["mean"], lambda s: s["var"])
+
+
+def _nnx(params, axis_name):
+    from flax import nnx
+    import jax.numpy as jnp
+    dt = params["dtype"]
+    m = nnx.BatchNorm(params["num_features"], axis=-1, momentum=float(params["momentum"]),
+                      epsilon=float(params["eps"]), axis_name=axis_name, param_dtype=dt, rngs=nnx.Rngs(0))
+    if params["weight"] is not None:
+        m.scale.value = jnp.asarray(params["weight"], dt)
+        m.bias.value = jnp.asarray(params["bias"], dt)
+    graphdef, prm, state = nnx.split(m, nnx.Param, nnx.BatchStat)
+
+    def apply(prm, state, x, mask):
+        mod = nnx.merge(graphdef, prm, state, copy=True)   # fresh Variables in this trace
+        y = mod(x, mask=mask)
+        return y, nnx.state(mod, nnx.BatchStat)
+    return (prm, state, apply, (lambda g: g["scale"].value, lambda g: g["bias"].value),
+            (lambda s: s["mean"].value, lambda s: s["var"].value))
+
+
+def _haiku(params, axis_name):
+    import haiku as hk
+    import jax.numpy as jnp
+    dt = params["dtype"]
+
+    def body(x):
+        return hk.BatchNorm(create_scale=True, create_offset=True, decay_rate=float(params["momentum"]),
+                            eps=float(params["eps"]), cross_replica_axis=axis_name,
+                            data_format="channels_last")(x, is_training=True)
+    f = hk.transform_with_state(body)
+    probe = hk.transform_with_state(lambda x: hk.BatchNorm(True, True, 0.9, data_format="channels_last")(
+        x, is_training=True))
+    shape = [2] * params["rank"]
+    shape[-1] = params["num_features"]
+    prm, state = probe.init(_jax().random.PRNGKey(0), jnp.zeros(shape, dt))
+    mod = next(iter(prm))
+    if params["weight"] is not None:
+        shp = prm[mod]["scale"].shape
+        prm = {mod: {"scale": jnp.asarray(params["weight"], dt).reshape(shp),
+                     "offset": jnp.asarray(params["bias"], dt).reshape(shp)}}
+
+    def apply(prm, state, x, mask):
+        y, st = f.apply(prm, state, None, x)
+        return y, st
+
+    def stat(kind):
+        return lambda s: next(v for k, v in s.items() if k.endswith(kind))["average"]
+    return (prm, state, apply, (lambda g: g[mod]["scale"], lambda g: g[mod]["offset"]),
+            (stat("mean_ema"), stat("var_ema")))
+
+
+LAYERS = {"flax.linen.BatchNorm": _linen, "flax.nnx.BatchNorm": _nnx, "haiku.BatchNorm": _haiku}
+
+
+def _step(apply):
+    jax = _jax()
+    import jax.numpy as jnp
+
+    def step(prm, state, x, dy, mask):
+        def loss(prm, x, state):   # state passed in, not closed over: nnx mutates it in this trace
+            y, new_state = apply(prm, state, x, mask)
+            return jnp.sum(y * dy), (y, new_state)
+        (_, (y, new_state)), (gp, gx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(prm, x, state)
+        return y, gx, gp, new_state
+    return step
+
+
+def _answer(params, ys, gxs, gp_sum, states, paths, dtype_y):
+    (wpath, bpath), (mpath, vpath) = paths
+    reps = [{"y": np.asarray(y), "dx": np.asarray(gx), "running_mean": np.asarray(mpath(s)).reshape(-1),
+             "running_var": np.asarray(vpath(s)).reshape(-1)} for y, gx, s in zip(ys, gxs, states)]
+    return {"replicas": reps, "dweight": np.asarray(wpath(gp_sum)).reshape(-1),
+            "dbias": np.asarray(bpath(gp_sum)).reshape(-1), "y_dtype": dtype_y,
+            "state_dtype": str(np.asarray(mpath(states[0])).dtype)}
+
+
+def _stack(tree, R):
+    jax = _jax()
+    import jax.numpy as jnp
+    return jax.tree.map(lambda a: jnp.stack([a] * R), tree)
+
+
+def _quiet(run):
+    """Framework FutureWarnings (e.g. flax's float32 batch_stats updated in float64) are not
+    results; they are kept out of the audit's output."""
+    def wrapped(params, inputs, device):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return run(params, inputs, device)
+    return wrapped
+
+
+def _run_pmap(layer):
+    @_quiet
+    def run(params, inputs, device):
+        jax = _jax()
+        R = params["replicas"]
+        prm, state, apply, *paths = LAYERS[layer](params, AXIS)
+        devs = _cpus(R)
+        x, dy = np.stack(inputs["x"]), np.stack(inputs["dy"])
+        mask = None if inputs["mask"] is None else np.stack(inputs["mask"])
+        f = jax.pmap(_step(apply), axis_name=AXIS, devices=devs)
+        y, gx, gp, st = f(_stack(prm, R), _stack(state, R), x, dy, mask)
+        states = [jax.tree.map(lambda a, r=r: a[r], st) for r in range(R)]
+        gp_sum = jax.tree.map(lambda a: a.sum(axis=0), gp)
+        return _answer(params, list(np.asarray(y)), list(np.asarray(gx)), gp_sum, states, paths, str(y.dtype))
+    return run
+
+
+def _run_shard_map(layer):
+    @_quiet
+    def run(params, inputs, device):
+        jax = _jax()
+        from jax.sharding import Mesh, PartitionSpec as P
+        R = params["replicas"]
+        prm, state, apply, *paths = LAYERS[layer](params, AXIS)
+        mesh = Mesh(np.array(_cpus(R)), (AXIS,))
+        step = _step(apply)
+
+        def per_shard(prm, state, x, dy, mask):
+            sq = lambda t: jax.tree.map(lambda a: a[0], t)          # noqa: E731
+            ex = lambda t: jax.tree.map(lambda a: a[None], t)       # noqa: E731
+            y, gx, gp, st = step(sq(prm), sq(state), x, dy, mask)
+            return y, gx, ex(gp), ex(st)
+        f = jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS)))
+        x, dy = np.concatenate(inputs["x"]), np.concatenate(inputs["dy"])
+        mask = None if inputs["mask"] is None else np.concatenate(inputs["mask"])
+        y, gx, gp, st = f(_stack(prm, R), _stack(state, R), x, dy, mask)
+        rows = np.cumsum([0] + [len(a) for a in inputs["x"]])
+        ys = [np.asarray(y)[rows[r]:rows[r + 1]] for r in range(R)]
+        gxs = [np.asarray(gx)[rows[r]:rows[r + 1]] for r in range(R)]
+        states = [jax.tree.map(lambda a, r=r: a[r], st) for r in range(R)]
+        gp_sum = jax.tree.map(lambda a: a.sum(axis=0), gp)
+        return _answer(params, ys, gxs, gp_sum, states, paths, str(y.dtype))
+    return run
+
+
+def _run_jit(layer):
+    """Sharded jit: the global batch split over R devices along the batch axis; no axis_name.
+    Each device's copy of the (replicated) running statistics is read back separately."""
+    @_quiet
+    def run(params, inputs, device):
+        jax = _jax()
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        R = params["replicas"]
+        prm, state, apply, *paths = LAYERS[layer](params, None)
+        mesh = Mesh(np.array(_cpus(R)), (AXIS,))
+        batch = NamedSharding(mesh, P(AXIS))
+        put = lambda a: None if a is None else jax.device_put(a, batch)    # noqa: E731
+        x, dy = put(np.concatenate(inputs["x"])), put(np.concatenate(inputs["dy"]))
+        mask = None if inputs["mask"] is None else put(np.concatenate(inputs["mask"]))
+        repl = NamedSharding(mesh, P())
+        prm_d = jax.device_put(prm, repl)
+        state_d = jax.device_put(state, repl)
+        y, gx, gp, st = jax.jit(_step(apply))(prm_d, state_d, x, dy, mask)
+        rows = np.cumsum([0] + [len(a) for a in inputs["x"]])
+        ys = [np.asarray(y)[rows[r]:rows[r + 1]] for r in range(R)]
+        gxs = [np.asarray(gx)[rows[r]:rows[r + 1]] for r in range(R)]
+        (wp, bp), (mp, vp) = paths
+        per_device = []
+        for r, dev in enumerate(mesh.devices.flat):
+            m = next(s.data for s in mp(st).addressable_shards if s.device == dev)
+            v = next(s.data for s in vp(st).addressable_shards if s.device == dev)
+            per_device.append((m, v))
+        out = _answer(params, ys, gxs, gp, [st] * R, paths, str(y.dtype))
+        for rep, (m, v) in zip(out["replicas"], per_device):
+            rep["running_mean"], rep["running_var"] = np.asarray(m).reshape(-1), np.asarray(v).reshape(-1)
+        return out
+    return run
+
+
+def versions():
+    jax = _jax()
+    import flax
+    out = {"jax": jax.__version__, "flax": flax.__version__}
+    try:
+        import haiku
+        out["dm-haiku"] = haiku.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def devices():
+    return ["cpu"]   # one replica per device: a single GPU cannot hold two JAX replicas
+
+
+def implementations():
+    from ._protocol import sync_capabilities as caps
+    rows = []
+    for layer in ("flax.linen.BatchNorm", "flax.nnx.BatchNorm"):
+        for wrapper, run in (("pmap", _run_pmap), ("shard_map", _run_shard_map), ("jit-sharded", _run_jit)):
+            if layer == "flax.nnx.BatchNorm" and wrapper == "pmap":
+                continue   # nnx modules are stateful objects; shard_map and jit are its data-parallel paths
+            rows.append(SyncImplementation(f"{layer}[{wrapper}]", "flax",
+                                           caps(mask=True, dtypes=("float32", "float64"), default_init=False),
+                                           run(layer), versions, devices, FAMILY))
+    rows.append(SyncImplementation("haiku.BatchNorm[pmap]", "haiku",
+                                   caps(dtypes=("float32", "float64"), default_init=False),
+                                   _run_pmap("haiku.BatchNorm"), versions, devices, FAMILY))
+    return rows

@@ -1,0 +1,302 @@
+"""Cross-replica clause checks: one data-parallel step of one SyncCase in, outcomes out.
+
+The reference is the float64 oracle on the global batch (every replica's real rows,
+concatenated): a synchronized layer must match it (BN-SYNC-GLOBAL / -WEIGHTED / -GRAD);
+an unsynchronized one must match the oracle run on each replica alone (BN-SYNC-LOCAL).
+Tolerances come from the same error model as single-device BN, with n the count the
+statistics are taken over. When a synchronized result deviates, the alternatives a real
+engine might compute instead (each replica's own statistics, or the unweighted average of
+per-replica statistics) are tried, and the one that matches is named in the finding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import oracle, tolerance
+from .checks import Outcome, _worst
+from .sync_case import SyncCase
+from .tolerance import compare
+
+
+@dataclass
+class SyncCtx:
+    case: SyncCase
+    arrays: dict
+    result: dict          # the adapter's answer (see adapters/_protocol.py, SyncImplementation)
+    profile: object
+    spec: object
+    caps: dict
+    rerun: object = None  # SyncCase -> outcomes (differential re-run; None when nested)
+
+    def __post_init__(self):
+        self.model = tolerance.model_for(self.spec.tolerance, self.case.dtype)
+        self.fa = self.case.feature_axis
+        self.eps = float(self.case.eps)
+        self.weight = self.arrays.get("weight")
+        self.bias = self.arrays.get("bias")
+        self.u_out = tolerance.unit_roundoff(self.result.get("y_dtype") or self.case.dtype)
+        self.kappa_thr = float(self.spec.tolerance["ill_conditioned_kappa"])
+        self.synchronized = bool(self.caps.get("synchronized"))
+
+    @property
+    def forward_clause(self) -> str:
+        if not self.synchronized:
+            return "BN-SYNC-LOCAL"
+        return "BN-SYNC-GLOBAL" if self.case.even else "BN-SYNC-WEIGHTED"
+
+    def real_rows(self, key: str):
+        """The adapter's per-replica `key` output restricted to the real rows, concatenated."""
+        parts = []
+        for rep, real in zip(self.result["replicas"], self.arrays["real"]):
+            a = rep.get(key)
+            if a is None:
+                return None
+            a = np.asarray(a, np.float64)
+            if a.shape[:1] != real.shape:
+                return a  # shape mismatch: compare() reports it
+            parts.append(a[real])
+        return np.concatenate(parts, axis=0)
+
+
+# ---------------------------------------------------------------- references
+def _global_reference(ctx, stats="global"):
+    """Expected y and running (mean, var) for the global batch under `stats`:
+    'global' (the spec), 'unweighted' (mean of per-replica mean and E[x^2], as a pmean of
+    local moments computes), or 'local' (each replica's own statistics, running update
+    averaged over replicas)."""
+    case, fa, p = ctx.case, ctx.fa, ctx.profile
+    xs = [np.asarray(x, np.float64)[real] for x, real in zip(ctx.arrays["x"], ctx.arrays["real"])]
+    x_g = np.concatenate(xs, axis=0)
+    C = case.num_features
+    init = (np.full(C, p.initial["running_mean"]), np.full(C, p.initial["running_var"]), np.zeros(C), np.zeros(C), 0)
+    if stats == "global":
+        y, m, v, n = oracle.train_forward(x_g, ctx.weight, ctx.bias, ctx.eps, fa, p)
+        st = oracle.update_running(init, m.reshape(-1), v.reshape(-1), n, case.momentum, p)
+        return y, (st[0], st[1])
+    if stats == "unweighted":
+        live = [x for x in xs if x.shape[0] > 0]
+        axes = oracle.reduce_axes(x_g.ndim, fa)
+        m = np.mean([x.mean(axis=axes, keepdims=True) for x in live], axis=0)
+        m2 = np.mean([(x ** 2).mean(axis=axes, keepdims=True) for x in live], axis=0)
+        v = np.maximum(m2 - m ** 2, 0.0)
+        y = oracle.normalize(x_g, m, v, ctx.eps, ctx.weight, ctx.bias, fa, p.eps_placement)
+        st = oracle.update_running(init, m.reshape(-1), v.reshape(-1), case.n_global, case.momentum, p)
+        return y, (st[0], st[1])
+    ys, means, vars_ = [], [], []
+    for x in xs:
+        if x.shape[0] == 0:
+            continue
+        y, m, v, n = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, fa, p)
+        st = oracle.update_running(init, m.reshape(-1), v.reshape(-1), n, case.momentum, p)
+        ys.append(y)
+        means.append(st[0])
+        vars_.append(st[1])
+    return np.concatenate(ys, axis=0), (np.mean(means, axis=0), np.mean(vars_, axis=0))
+
+
+def _y_bound(ctx, stats):
+    """Per-row bound: the global model for synchronized statistics, each replica's own n
+    for local statistics."""
+    xs = [np.asarray(x, np.float64)[real] for x, real in zip(ctx.arrays["x"], ctx.arrays["real"])]
+    if stats != "local":
+        x_g = np.concatenate(xs, axis=0)
+        y_exp, _ = _global_reference(ctx, "global") if stats == "global" else _global_reference(ctx, stats)
+        return tolerance.y_train_bound(ctx.model, x_g, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.u_out, y_exp)
+    parts = []
+    for x in xs:
+        if x.shape[0] == 0:
+            continue
+        y, *_ = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)
+        parts.append(tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.u_out, y))
+    return np.concatenate(parts, axis=0)
+
+
+def _running_bound(ctx, model=None):
+    xs = [np.asarray(x, np.float64)[real] for x, real in zip(ctx.arrays["x"], ctx.arrays["real"])]
+    x_g = np.concatenate(xs, axis=0)
+    p = ctx.profile
+    C = ctx.case.num_features
+    init = (np.full(C, p.initial["running_mean"]), np.full(C, p.initial["running_var"]))
+    u_state = tolerance.unit_roundoff(ctx.result.get("state_dtype") or ctx.case.dtype)
+    return tolerance.running_bounds(model or ctx.model, [x_g], ctx.case.momentum, p, ctx.fa, init, u_state)[0]
+
+
+def _compare_stats(ctx, stats, model=None, y_only=False):
+    """Worst comparison of y and replica 0's running statistics against `stats` (y alone when
+    attributing: the running statistics carry their own storage precision)."""
+    y_exp, (rm_exp, rv_exp) = _global_reference(ctx, stats)
+    y_act = ctx.real_rows("y")
+    bound = _y_bound(ctx, stats)
+    if model is not None:
+        bound = bound * (model.u_c / ctx.model.u_c)
+    cmps = [compare(y_act, y_exp, bound, key=f"y[{stats} statistics]")]
+    rep0 = ctx.result["replicas"][0]
+    if ctx.caps.get("running_stats", True) and rep0.get("running_mean") is not None and not y_only:
+        bm, bv = _running_bound(ctx, model)
+        cmps.append(compare(rep0["running_mean"], rm_exp, bm, key="replica 0 running_mean"))
+        cmps.append(compare(rep0["running_var"], rv_exp, bv, key="replica 0 running_var"))
+    return _worst(cmps)
+
+
+def _error_outcome(ctx, clause):
+    return Outcome(clause, False, None, f"the call failed: {ctx.result['error']}")
+
+
+# ---------------------------------------------------------------- checks
+def sync_forward(ctx: SyncCtx) -> list[Outcome]:
+    """BN-SYNC-GLOBAL (even split), BN-SYNC-WEIGHTED (uneven or masked), BN-SYNC-LOCAL
+    (unsynchronized layer): outputs and the running-statistics update."""
+    clause = ctx.forward_clause
+    if ctx.result.get("error"):
+        return [_error_outcome(ctx, clause)]
+    expected = "global" if ctx.synchronized else "local"
+    # Unsynchronized: which replica update is kept is the wrapper's convention (measured by
+    # sync_consistent), so only the outputs are judged here.
+    base = _compare_stats(ctx, expected, y_only=not ctx.synchronized)
+    if base.ok:
+        masked = _masked_rows(ctx, None)
+        if masked is not None and not masked.ok:
+            return [Outcome(clause, False, masked, "masked rows receive a gradient", measured={"statistics": expected})]
+        return [Outcome(clause, True, base, measured={"statistics": expected})]
+    # Attribution: which statistics does the implementation compute instead? (Only when the
+    # outputs deviate; running statistics alone deviating is a precision question, below.)
+    y_ok = _compare_stats(ctx, expected, y_only=True).ok
+    for alt in () if y_ok else ("local", "unweighted", "global"):
+        if alt == expected:
+            continue
+        if alt == "unweighted" and ctx.case.even:
+            continue   # the same as global on even splits
+        c = _compare_stats(ctx, alt, y_only=True)
+        if c.ok:
+            what = {"local": "each replica's own statistics (not synchronized)",
+                    "unweighted": "the unweighted average of per-replica mean and E[x^2] (counts ignored)",
+                    "global": "the global batch's statistics (synchronized)"}[alt]
+            return [Outcome(clause, False, base, f"matches {what}", measured={"statistics": alt})]
+    # Precision: float64 computed in float32, or an ill-conditioned one-pass variance.
+    # float64 computed in float32 shows as errors of float32 size: ~2^29 times the float64 bound.
+    f32_sized = base.ratio > 2.0 ** 20
+    if ctx.case.dtype == "float64" and f32_sized and _compare_stats(ctx, expected,
+                                                                      ctx.model.with_compute("float32")).ok:
+        return [Outcome("BN-DTYPE-F64", False, base, "errors of float32 size (within the float32 model): float32 arithmetic or storage in the float64 path",
+                        measured={"statistics": expected})]
+    # One-pass variance loses ~kappa^2 u sigma^2 where the model allows ~kappa u sigma^2: an
+    # error beyond 10 kappa^2 times the bound is not a precision problem, whatever the re-run says.
+    if (ctx.case.kappa > ctx.kappa_thr and ctx.rerun is not None and base.ratio <= 10 * ctx.case.kappa ** 2
+            and "running_mean" not in base.key):   # a mean does not depend on the variance formula
+        centred = ctx.case.replace(kappa=0.0)
+        outs = ctx.rerun(centred)
+        if any(o.clause == clause and o.ok for o in outs):
+            return [Outcome("BN-VAR-STABLE", False, base,
+                            f"fails at |mean|/std = {ctx.case.kappa:g}, passes the same case centred: "
+                            "the variance loses precision (one-pass E[x^2]-E[x]^2)",
+                            measured={"statistics": expected})]
+    return [Outcome(clause, False, base, measured={"statistics": "other"})]
+
+
+def sync_consistent(ctx: SyncCtx) -> list[Outcome]:
+    """BN-SYNC-CONSISTENT: every replica's running statistics equal replica 0's."""
+    clause = "BN-SYNC-CONSISTENT"
+    if ctx.result.get("error"):
+        return [_error_outcome(ctx, clause)]
+    reps = ctx.result["replicas"]
+    if not ctx.caps.get("running_stats", True) or reps[0].get("running_mean") is None:
+        return []
+    bm, bv = _running_bound(ctx)
+    cmps = []
+    for r, rep in enumerate(reps[1:], 1):
+        cmps.append(compare(rep["running_mean"], reps[0]["running_mean"], bm, key=f"replica {r} running_mean"))
+        cmps.append(compare(rep["running_var"], reps[0]["running_var"], bv, key=f"replica {r} running_var"))
+    w = _worst(cmps)
+    identical = all(np.array_equal(np.asarray(rep["running_mean"]), np.asarray(reps[0]["running_mean"]))
+                    and np.array_equal(np.asarray(rep["running_var"]), np.asarray(reps[0]["running_var"]))
+                    for rep in reps[1:])
+    measured = {"replicas bitwise identical": identical}
+    if not ctx.synchronized:
+        measured["running update kept"] = _which_update(ctx)
+    return [Outcome(clause, w.ok, w, "" if w.ok else "replicas hold different running statistics",
+                    measured=measured)]
+
+
+def _which_update(ctx) -> str:
+    """For an unsynchronized layer: which combination of the replicas' own updates the
+    wrapper keeps (a measured convention, reported, not judged)."""
+    p, case = ctx.profile, ctx.case
+    C = case.num_features
+    init = (np.full(C, p.initial["running_mean"]), np.full(C, p.initial["running_var"]), np.zeros(C), np.zeros(C), 0)
+    per = []
+    for x, real in zip(ctx.arrays["x"], ctx.arrays["real"]):
+        x = np.asarray(x, np.float64)[real]
+        if x.shape[0] == 0:
+            continue
+        _, m, v, n = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, p)
+        st = oracle.update_running(init, m.reshape(-1), v.reshape(-1), n, case.momentum, p)
+        per.append(np.concatenate([st[0], st[1]]))
+    act = np.concatenate([np.asarray(ctx.result["replicas"][0]["running_mean"], np.float64),
+                          np.asarray(ctx.result["replicas"][0]["running_var"], np.float64)])
+    _, (gm, gv) = _global_reference(ctx, "global")
+    cands = {"mean of the replicas' updates": np.mean(per, axis=0), "replica 0's update": per[0],
+             "the global batch's update": np.concatenate([gm, gv])}
+    scale = np.abs(act).max() + 1e-30
+    best = min(cands, key=lambda k: np.abs(cands[k] - act).max())
+    return best if np.abs(cands[best] - act).max() <= 1e-3 * scale else "other"
+
+
+def sync_grads(ctx: SyncCtx) -> list[Outcome]:
+    """BN-SYNC-GRAD: dx restricted to each replica's rows, and the replicas' summed dgamma,
+    dbeta, equal the global batch's; masked rows (dy = 0 there) get dx = 0 (BN-SYNC-WEIGHTED)."""
+    if not ctx.synchronized or not ctx.caps.get("grads", True):
+        return []
+    clause = "BN-SYNC-GRAD"
+    if ctx.result.get("error"):
+        return [_error_outcome(ctx, clause)]
+    if not _compare_stats(ctx, "global").ok:
+        return []   # the forward already deviates (its own finding): no cascade
+    x_g = np.asarray(ctx.arrays["x_global"], np.float64)
+    dy_g = np.asarray(ctx.arrays["dy_global"], np.float64)
+    exp = oracle.grads_train(x_g, dy_g, ctx.weight, ctx.eps, ctx.fa)
+    bounds = tolerance.grads_train_bound(ctx.model, x_g, dy_g, ctx.weight, ctx.eps, ctx.fa, ctx.u_out, exp)
+    cmps = [compare(ctx.real_rows("dx"), exp[0], bounds[0], key="dx (real rows, all replicas)")]
+    for name, e, b in (("dweight", exp[1], bounds[1]), ("dbias", exp[2], bounds[2])):
+        if ctx.result.get(name) is not None and ctx.case.affine != "off":
+            cmps.append(compare(ctx.result[name], e, b, key=f"{name} (summed over replicas)"))
+    w = _worst(cmps)
+    return [Outcome(clause, w.ok, w)]
+
+
+def _masked_rows(ctx, scale):
+    """BN-SYNC-WEIGHTED: rows that are masked out (dy = 0 there) get no gradient."""
+    if ctx.case.masked and ctx.caps.get("grads", True):
+        if scale is None:
+            x_g = np.asarray(ctx.arrays["x_global"], np.float64)
+            scale = np.abs(oracle.grads_train(x_g, ctx.arrays["dy_global"], ctx.weight, ctx.eps, ctx.fa)[0]).max()
+        pad = []
+        for rep, real in zip(ctx.result["replicas"], ctx.arrays["real"]):
+            dx = np.asarray(rep["dx"], np.float64)
+            if dx.shape[:1] == real.shape:
+                pad.append(dx[~real].reshape(-1))
+        pad = np.concatenate(pad) if pad else np.zeros(0)
+        allowed = ctx.model.safety * ctx.model.u_c * scale
+        return compare(pad, np.zeros_like(pad), allowed, key="dx on masked rows")
+    return None
+
+
+SYNC_CHECKS = (sync_forward, sync_consistent, sync_grads)
+SYNC_EMITS = {"sync_forward": ("BN-SYNC-GLOBAL", "BN-SYNC-WEIGHTED", "BN-SYNC-LOCAL"),
+              "sync_consistent": ("BN-SYNC-CONSISTENT",), "sync_grads": ("BN-SYNC-GRAD", "BN-SYNC-WEIGHTED")}
+
+
+def run_sync_checks(ctx: SyncCtx) -> list[Outcome]:
+    import warnings
+    out = []
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for check in SYNC_CHECKS:
+            try:
+                out.extend(check(ctx))
+            except Exception as exc:  # a malformed answer is the implementation's failure
+                out.append(Outcome(ctx.forward_clause if check is sync_forward else
+                                   ("BN-SYNC-CONSISTENT" if check is sync_consistent else "BN-SYNC-GRAD"),
+                                   False, None, f"malformed result: {type(exc).__name__}: {exc}"))
+    return out

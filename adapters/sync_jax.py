@@ -127,13 +127,31 @@ def _step(apply):
     return step
 
 
-def _answer(params, ys, gxs, gp_sum, states, paths, dtype_y):
-    (wpath, bpath), (mpath, vpath) = paths
-    reps = [{"y": np.asarray(y), "dx": np.asarray(gx), "running_mean": np.asarray(mpath(s)).reshape(-1),
-             "running_var": np.asarray(vpath(s)).reshape(-1)} for y, gx, s in zip(ys, gxs, states)]
+def _answer(ys, gxs, gp_sum, stats, paths, dtype_y):
+    """stats: per replica (running mean, running var) arrays."""
+    wpath, bpath = paths[0]
+    reps = [{"y": np.asarray(y), "dx": np.asarray(gx), "running_mean": np.asarray(m).reshape(-1),
+             "running_var": np.asarray(v).reshape(-1)} for y, gx, (m, v) in zip(ys, gxs, stats)]
     return {"replicas": reps, "dweight": np.asarray(wpath(gp_sum)).reshape(-1),
             "dbias": np.asarray(bpath(gp_sum)).reshape(-1), "y_dtype": dtype_y,
-            "state_dtype": str(np.asarray(mpath(states[0])).dtype)}
+            "state_dtype": str(np.asarray(stats[0][0]).dtype)}
+
+
+def _split_rows(a, inputs):
+    """A global (concatenated) batch back into the replicas' row blocks."""
+    rows = np.cumsum([0] + [len(x) for x in inputs["x"]])
+    a = np.asarray(a)
+    return [a[rows[r]:rows[r + 1]] for r in range(len(inputs["x"]))]
+
+
+def _stacked_stats(st, paths, R):
+    """Per-replica (mean, var) from state stacked along a leading replica axis."""
+    mpath, vpath = paths[1]
+    return [(np.asarray(mpath(st))[r], np.asarray(vpath(st))[r]) for r in range(R)]
+
+
+def _summed(gp):
+    return _jax().tree.map(lambda a: a.sum(axis=0), gp)
 
 
 def _stack(tree, R):
@@ -164,9 +182,8 @@ def _run_pmap(layer):
         mask = None if inputs["mask"] is None else np.stack(inputs["mask"])
         f = jax.pmap(_step(apply), axis_name=AXIS, devices=devs)
         y, gx, gp, st = f(_stack(prm, R), _stack(state, R), x, dy, mask)
-        states = [jax.tree.map(lambda a, r=r: a[r], st) for r in range(R)]
-        gp_sum = jax.tree.map(lambda a: a.sum(axis=0), gp)
-        return _answer(params, list(np.asarray(y)), list(np.asarray(gx)), gp_sum, states, paths, str(y.dtype))
+        return _answer(list(np.asarray(y)), list(np.asarray(gx)), _summed(gp), _stacked_stats(st, paths, R), paths,
+                       str(y.dtype))
     return run
 
 
@@ -189,12 +206,8 @@ def _run_shard_map(layer):
         x, dy = np.concatenate(inputs["x"]), np.concatenate(inputs["dy"])
         mask = None if inputs["mask"] is None else np.concatenate(inputs["mask"])
         y, gx, gp, st = f(_stack(prm, R), _stack(state, R), x, dy, mask)
-        rows = np.cumsum([0] + [len(a) for a in inputs["x"]])
-        ys = [np.asarray(y)[rows[r]:rows[r + 1]] for r in range(R)]
-        gxs = [np.asarray(gx)[rows[r]:rows[r + 1]] for r in range(R)]
-        states = [jax.tree.map(lambda a, r=r: a[r], st) for r in range(R)]
-        gp_sum = jax.tree.map(lambda a: a.sum(axis=0), gp)
-        return _answer(params, ys, gxs, gp_sum, states, paths, str(y.dtype))
+        return _answer(_split_rows(y, inputs), _split_rows(gx, inputs), _summed(gp), _stacked_stats(st, paths, R),
+                       paths, str(y.dtype))
     return run
 
 
@@ -216,19 +229,12 @@ def _run_jit(layer):
         prm_d = jax.device_put(prm, repl)
         state_d = jax.device_put(state, repl)
         y, gx, gp, st = jax.jit(_step(apply))(prm_d, state_d, x, dy, mask)
-        rows = np.cumsum([0] + [len(a) for a in inputs["x"]])
-        ys = [np.asarray(y)[rows[r]:rows[r + 1]] for r in range(R)]
-        gxs = [np.asarray(gx)[rows[r]:rows[r + 1]] for r in range(R)]
-        (wp, bp), (mp, vp) = paths
-        per_device = []
-        for r, dev in enumerate(mesh.devices.flat):
-            m = next(s.data for s in mp(st).addressable_shards if s.device == dev)
-            v = next(s.data for s in vp(st).addressable_shards if s.device == dev)
-            per_device.append((m, v))
-        out = _answer(params, ys, gxs, gp, [st] * R, paths, str(y.dtype))
-        for rep, (m, v) in zip(out["replicas"], per_device):
-            rep["running_mean"], rep["running_var"] = np.asarray(m).reshape(-1), np.asarray(v).reshape(-1)
-        return out
+        mpath, vpath = paths[1]
+
+        def on(arr, dev):
+            return next(s.data for s in arr.addressable_shards if s.device == dev)
+        stats = [(on(mpath(st), dev), on(vpath(st), dev)) for dev in mesh.devices.flat]
+        return _answer(_split_rows(y, inputs), _split_rows(gx, inputs), gp, stats, paths, str(y.dtype))
     return run
 
 

@@ -114,25 +114,17 @@ def _size(case: Case) -> tuple:
     return (int(np.prod(case.shape)), case.steps, case.num_features, case.kappa)
 
 
-def shrink(impl, case: Case, clause: str, device, spec, profile, applicable, budget: int = 40):
-    """Greedy shrink of a failing case: smaller shapes, fewer steps, simpler values, while
-    the clause still fails. Deterministic and cheap; returns (case, outcome)."""
-    def fails(c):
-        try:
-            outs, _, _ = evaluate(impl, c, device, spec, profile, applicable)
-        except Exception:
-            return None
-        return next((o for o in outs if o.clause == clause and not o.ok), None)
-
-    best = case
-    best_out = fails(case)
+def greedy_shrink(case, candidates, fails, budget: int):
+    """Greedy shrink of a failing case: take the first smaller candidate that still fails,
+    until none does or the budget is spent. `fails(case)` returns the failing outcome or
+    None; deterministic and cheap; returns (case, outcome)."""
+    best, best_out = case, fails(case)
     if best_out is None:
         return case, None
-    tried = 0
-    improved = True
+    tried, improved = 0, True
     while improved and tried < budget:
         improved = False
-        for cand in _candidates(best):
+        for cand in candidates(best):
             tried += 1
             if tried > budget:
                 break
@@ -141,6 +133,17 @@ def shrink(impl, case: Case, clause: str, device, spec, profile, applicable, bud
                 best, best_out, improved = cand, o, True
                 break
     return best, best_out
+
+
+def shrink(impl, case: Case, clause: str, device, spec, profile, applicable, budget: int = 40):
+    """Smaller shapes, fewer steps, simpler values, while the clause still fails."""
+    def fails(c):
+        try:
+            outs, _, _ = evaluate(impl, c, device, spec, profile, applicable)
+        except Exception:
+            return None
+        return next((o for o in outs if o.clause == clause and not o.ok), None)
+    return greedy_shrink(case, _candidates, fails, budget)
 
 
 def _candidates(c: Case):
@@ -185,24 +188,22 @@ class AuditResult:
     first_failure_case: int | None = None        # how many cases it took
 
 
-def audit_implementation(impl, device, spec, profile, *, max_examples=100, seed=0, shrink_budget=30,
-                         progress=None, deadline_s=None) -> AuditResult:
-    """Explore cases with hypothesis (seeded, no example database), tally every outcome."""
+def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadline_s=None, stop=None):
+    """Run `run(case) -> outcomes` on the pinned cases, then on cases drawn from `strategy`
+    (hypothesis, seeded, no example database); tally every outcome per (clause, dtype).
+    Returns (tallies, cases run, seconds, (seconds to the first failure, its case number))."""
     from hypothesis import HealthCheck, Phase, example, given, settings
     from hypothesis import seed as hseed
 
-    from .strategies import cases, pinned_for
-
-    applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
     tallies: dict = {}
     count = [0]
     first = [None, None]
     t0 = time.perf_counter()
 
     def body(case):
-        if deadline_s and time.perf_counter() - t0 > deadline_s:
+        if (stop and stop()) or (deadline_s and time.perf_counter() - t0 > deadline_s):
             return
-        outs, _, _ = evaluate(impl, case, device, spec, profile, applicable)
+        outs = run(case)
         count[0] += 1
         for o in outs:
             tallies.setdefault((o.clause, case.dtype), ClauseTally()).add(o, case)
@@ -211,17 +212,29 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=100, seed=
         if progress:
             progress(count[0])
 
-    test = given(cases(impl.capabilities))(body)
-    for c in reversed(pinned_for(impl.capabilities)):
+    test = given(strategy)(body)
+    for c in reversed(pinned):
         test = example(c)(test)
     test = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
                     phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
                     print_blob=False)(test)
-    test = hseed(seed)(test)
-    test()
+    hseed(seed)(test)()
+    return tallies, count[0], time.perf_counter() - t0, tuple(first)
 
+
+def audit_implementation(impl, device, spec, profile, *, max_examples=100, seed=0, shrink_budget=30,
+                         progress=None, deadline_s=None) -> AuditResult:
+    """Explore cases with hypothesis, tally every outcome, shrink each failing clause's case."""
+    from .strategies import cases, pinned_for
+
+    applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
+    t0 = time.perf_counter()
+    tallies, count, _, first = explore(
+        cases(impl.capabilities), pinned_for(impl.capabilities),
+        lambda case: evaluate(impl, case, device, spec, profile, applicable)[0],
+        max_examples=max_examples, seed=seed, progress=progress, deadline_s=deadline_s)
     shrunk = {}
     for key, t in tallies.items():
         if t.failed and t.failing_case is not None and shrink_budget > 0:
             shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, applicable, shrink_budget)
-    return AuditResult(tallies, count[0], time.perf_counter() - t0, [], shrunk, first[0], first[1])
+    return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1])

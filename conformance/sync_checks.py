@@ -39,6 +39,8 @@ class SyncCtx:
         self.u_out = tolerance.unit_roundoff(self.result.get("y_dtype") or self.case.dtype)
         self.kappa_thr = float(self.spec.tolerance["ill_conditioned_kappa"])
         self.synchronized = bool(self.caps.get("synchronized"))
+        # each replica's real rows in float64 (what every reference is computed from)
+        self.xs = [np.asarray(x, np.float64)[real] for x, real in zip(self.arrays["x"], self.arrays["real"])]
 
     @property
     def forward_clause(self) -> str:
@@ -61,61 +63,59 @@ class SyncCtx:
 
 
 # ---------------------------------------------------------------- references
+def _update(ctx, m, v, n):
+    """One running-statistics update from the profile's initial state (the oracle's)."""
+    p, C = ctx.profile, ctx.case.num_features
+    init = (np.full(C, p.initial["running_mean"]), np.full(C, p.initial["running_var"]), np.zeros(C), np.zeros(C), 0)
+    st = oracle.update_running(init, np.reshape(m, -1), np.reshape(v, -1), n, ctx.case.momentum, p)
+    return st[0], st[1]
+
+
+def _local(ctx):
+    """Each non-empty replica alone: (y, (running mean, running var) after its own update)."""
+    out = []
+    for x in ctx.xs:
+        if x.shape[0]:
+            y, m, v, n = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)
+            out.append((y, _update(ctx, m, v, n)))
+    return out
+
+
 def _global_reference(ctx, stats="global"):
     """Expected y and running (mean, var) for the global batch under `stats`:
     'global' (the spec), 'unweighted' (mean of per-replica mean and E[x^2], as a pmean of
     local moments computes), or 'local' (each replica's own statistics, running update
     averaged over replicas)."""
-    case, fa, p = ctx.case, ctx.fa, ctx.profile
-    xs = [np.asarray(x, np.float64)[real] for x, real in zip(ctx.arrays["x"], ctx.arrays["real"])]
-    x_g = np.concatenate(xs, axis=0)
-    C = case.num_features
-    init = (np.full(C, p.initial["running_mean"]), np.full(C, p.initial["running_var"]), np.zeros(C), np.zeros(C), 0)
+    x_g = np.concatenate(ctx.xs, axis=0)
     if stats == "global":
-        y, m, v, n = oracle.train_forward(x_g, ctx.weight, ctx.bias, ctx.eps, fa, p)
-        st = oracle.update_running(init, m.reshape(-1), v.reshape(-1), n, case.momentum, p)
-        return y, (st[0], st[1])
+        y, m, v, n = oracle.train_forward(x_g, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)
+        return y, _update(ctx, m, v, n)
     if stats == "unweighted":
-        live = [x for x in xs if x.shape[0] > 0]
-        axes = oracle.reduce_axes(x_g.ndim, fa)
+        live = [x for x in ctx.xs if x.shape[0] > 0]
+        axes = oracle.reduce_axes(x_g.ndim, ctx.fa)
         m = np.mean([x.mean(axis=axes, keepdims=True) for x in live], axis=0)
         m2 = np.mean([(x ** 2).mean(axis=axes, keepdims=True) for x in live], axis=0)
         v = np.maximum(m2 - m ** 2, 0.0)
-        y = oracle.normalize(x_g, m, v, ctx.eps, ctx.weight, ctx.bias, fa, p.eps_placement)
-        st = oracle.update_running(init, m.reshape(-1), v.reshape(-1), case.n_global, case.momentum, p)
-        return y, (st[0], st[1])
-    ys, means, vars_ = [], [], []
-    for x in xs:
-        if x.shape[0] == 0:
-            continue
-        y, m, v, n = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, fa, p)
-        st = oracle.update_running(init, m.reshape(-1), v.reshape(-1), n, case.momentum, p)
-        ys.append(y)
-        means.append(st[0])
-        vars_.append(st[1])
-    return np.concatenate(ys, axis=0), (np.mean(means, axis=0), np.mean(vars_, axis=0))
+        y = oracle.normalize(x_g, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.profile.eps_placement)
+        return y, _update(ctx, m, v, ctx.case.n_global)
+    local = _local(ctx)
+    return (np.concatenate([y for y, _ in local], axis=0),
+            (np.mean([s[0] for _, s in local], axis=0), np.mean([s[1] for _, s in local], axis=0)))
 
 
-def _y_bound(ctx, stats):
+def _y_bound(ctx, stats, y_exp):
     """Per-row bound: the global model for synchronized statistics, each replica's own n
     for local statistics."""
-    xs = [np.asarray(x, np.float64)[real] for x, real in zip(ctx.arrays["x"], ctx.arrays["real"])]
     if stats != "local":
-        x_g = np.concatenate(xs, axis=0)
-        y_exp, _ = _global_reference(ctx, "global") if stats == "global" else _global_reference(ctx, stats)
+        x_g = np.concatenate(ctx.xs, axis=0)
         return tolerance.y_train_bound(ctx.model, x_g, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.u_out, y_exp)
-    parts = []
-    for x in xs:
-        if x.shape[0] == 0:
-            continue
-        y, *_ = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)
-        parts.append(tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.u_out, y))
-    return np.concatenate(parts, axis=0)
+    live = [x for x in ctx.xs if x.shape[0]]
+    return np.concatenate([tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.u_out, y)
+                           for x, (y, _) in zip(live, _local(ctx))], axis=0)
 
 
 def _running_bound(ctx, model=None):
-    xs = [np.asarray(x, np.float64)[real] for x, real in zip(ctx.arrays["x"], ctx.arrays["real"])]
-    x_g = np.concatenate(xs, axis=0)
+    x_g = np.concatenate(ctx.xs, axis=0)
     p = ctx.profile
     C = ctx.case.num_features
     init = (np.full(C, p.initial["running_mean"]), np.full(C, p.initial["running_var"]))
@@ -128,7 +128,7 @@ def _compare_stats(ctx, stats, model=None, y_only=False):
     attributing: the running statistics carry their own storage precision)."""
     y_exp, (rm_exp, rv_exp) = _global_reference(ctx, stats)
     y_act = ctx.real_rows("y")
-    bound = _y_bound(ctx, stats)
+    bound = _y_bound(ctx, stats, y_exp)
     if model is not None:
         bound = bound * (model.u_c / ctx.model.u_c)
     cmps = [compare(y_act, y_exp, bound, key=f"y[{stats} statistics]")]
@@ -222,17 +222,7 @@ def sync_consistent(ctx: SyncCtx) -> list[Outcome]:
 def _which_update(ctx) -> str:
     """For an unsynchronized layer: which combination of the replicas' own updates the
     wrapper keeps (a measured convention, reported, not judged)."""
-    p, case = ctx.profile, ctx.case
-    C = case.num_features
-    init = (np.full(C, p.initial["running_mean"]), np.full(C, p.initial["running_var"]), np.zeros(C), np.zeros(C), 0)
-    per = []
-    for x, real in zip(ctx.arrays["x"], ctx.arrays["real"]):
-        x = np.asarray(x, np.float64)[real]
-        if x.shape[0] == 0:
-            continue
-        _, m, v, n = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, p)
-        st = oracle.update_running(init, m.reshape(-1), v.reshape(-1), n, case.momentum, p)
-        per.append(np.concatenate([st[0], st[1]]))
+    per = [np.concatenate(s) for _, s in _local(ctx)]
     act = np.concatenate([np.asarray(ctx.result["replicas"][0]["running_mean"], np.float64),
                           np.asarray(ctx.result["replicas"][0]["running_var"], np.float64)])
     _, (gm, gv) = _global_reference(ctx, "global")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import AuditResult, ClauseTally
+from .engine import AuditResult, explore, greedy_shrink
 from .sync_case import SyncCase, materialize
 from .sync_checks import SyncCtx, run_sync_checks
 
@@ -88,76 +88,41 @@ def _candidates(c: SyncCase):
 def shrink(impl, case, clause, device, spec, profile, budget=20):
     def fails(c):
         if sum(c.counts) * int(np.prod(c.inner)) // max(c.num_features, 1) < 2:
-            return None
+            return None   # fewer than two values per channel: another clause's case
         try:
             outs, _, _ = evaluate(impl, c, device, spec, profile)
         except Exception:
             return None
         return next((o for o in outs if o.clause == clause and not o.ok), None)
-
-    best, best_out = case, fails(case)
-    if best_out is None:
-        return case, None
-    tried, improved = 0, True
-    while improved and tried < budget:
-        improved = False
-        for cand in _candidates(best):
-            tried += 1
-            if tried > budget:
-                break
-            o = fails(cand)
-            if o is not None:
-                best, best_out, improved = cand, o, True
-                break
-    return best, best_out
+    return greedy_shrink(case, _candidates, fails, budget)
 
 
 def audit_sync(impl, device, spec, profile, *, max_examples=100, seed=0, shrink_budget=20,
                progress=None, deadline_s=None) -> AuditResult:
-    """Explore SyncCases with hypothesis (seeded), tally every outcome per (clause, dtype).
-    Raises SyncUnsupported when the engine refuses the whole configuration."""
-    from hypothesis import HealthCheck, Phase, example, given, settings
-    from hypothesis import seed as hseed
-
+    """Explore SyncCases (the single-device engine's explorer, another strategy), tally every
+    outcome per (clause, dtype). Raises SyncUnsupported when the engine refuses outright."""
     from .strategies import sync_cases, sync_pinned_for
-
-    tallies: dict = {}
-    count = [0]
-    first = [None, None]
-    t0 = time.perf_counter()
 
     refused = []
 
-    def body(case):
-        if refused or (deadline_s and time.perf_counter() - t0 > deadline_s):
-            return
+    def run(case):
         try:
-            outs, _, _ = evaluate(impl, case, device, spec, profile)
+            return evaluate(impl, case, device, spec, profile)[0]
         except SyncUnsupported as exc:   # one refusal settles it: no more cases
             refused.append(str(exc))
-            return
-        count[0] += 1
-        for o in outs:
-            tallies.setdefault((o.clause, case.dtype), ClauseTally()).add(o, case)
-            if not o.ok and first[0] is None:
-                first[0], first[1] = time.perf_counter() - t0, count[0]
-        if progress:
-            progress(count[0])
+            return []
 
-    test = given(sync_cases(impl.capabilities))(body)
-    for c in reversed(sync_pinned_for(impl.capabilities)):
-        test = example(c)(test)
-    test = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
-                    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-                    print_blob=False)(test)
-    hseed(seed)(test)()
+    t0 = time.perf_counter()
+    tallies, count, _, first = explore(
+        sync_cases(impl.capabilities), sync_pinned_for(impl.capabilities), run, max_examples=max_examples,
+        seed=seed, progress=progress, deadline_s=deadline_s, stop=lambda: bool(refused))
     if refused:
         raise SyncUnsupported(refused[0])
     shrunk = {}
     for key, t in tallies.items():
         if t.failed and t.failing_case is not None and shrink_budget > 0:
             shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, shrink_budget)
-    return AuditResult(tallies, count[0], time.perf_counter() - t0, [], shrunk, first[0], first[1])
+    return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1])
 
 
 # ---------------------------------------------------------------- reproducers

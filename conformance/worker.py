@@ -21,6 +21,36 @@ def gpu_kinds(devices: list[str]) -> list[str]:
     return [d for d in devices if d != "cpu"]
 
 
+def _tally_records(impl, device, versions, seed, result, cid, dtypes, write_repro, not_run=True) -> list[dict]:
+    """One record per dtype of one clause: its tally (with a reproducer when it failed), or
+    not_run when no case exercised it."""
+    out = []
+    for dtype in dtypes:
+        t = result.tallies.get((cid, dtype))
+        if t is None:
+            if not_run:
+                out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, dtype, cid,
+                                                 "not_run", "no generated case exercised this clause "
+                                                 f"in {dtype} ({result.cases} cases)"))
+            continue
+        path = None
+        shr = result.shrunk.get((cid, dtype))
+        if t.failed:
+            case, outcome = shr if shr and shr[1] is not None else (t.failing_case, t.failing)
+            try:
+                path = write_repro(case, outcome)
+            except Exception as exc:  # the finding stands even if its reproducer could not be saved
+                path = f"(reproducer not written: {type(exc).__name__}: {exc})"
+        out.append(rec_mod.tally_record(impl, device, versions, dtype, cid, t, shr, seed, path))
+    return out
+
+
+def _stamp(out, result, **extra):
+    for r in out:
+        r.update(elapsed_s=round(result.seconds, 3), total_cases=result.cases, **extra)
+    return out
+
+
 def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_dir=None,
                        shrink_budget=20, progress=None) -> list[dict]:
     """Records of a data-parallel wrapper: the cross-replica clauses (scope data_parallel),
@@ -43,27 +73,11 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", cid,
                                              "unsupported", f"the implementation lacks capability {need!r}"))
             continue
-        for dtype in impl.capabilities["dtypes"]:
-            t = result.tallies.get((cid, dtype))
-            if t is None:
-                if cid in sync_engine.SYNC_REQUIRES:
-                    out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, dtype,
-                                                     cid, "not_run", "no generated case exercised this clause "
-                                                     f"in {dtype} ({result.cases} cases)"))
-                continue
-            path = None
-            shr = result.shrunk.get((cid, dtype))
-            if t.failed:
-                case, outcome = shr if shr and shr[1] is not None else (t.failing_case, t.failing)
-                try:
-                    path = sync_engine.write_reproducer(repro_dir, impl, device, cid, case, outcome)
-                except Exception as exc:  # the finding stands even if its reproducer could not be saved
-                    path = f"(reproducer not written: {type(exc).__name__}: {exc})"
-            out.append(rec_mod.tally_record(impl, device, versions, dtype, cid, t, shr, seed, path))
-    for r in out:
-        r["elapsed_s"] = round(result.seconds, 3)
-        r["total_cases"] = result.cases
-        r["scope"] = "data_parallel"
+        out += _tally_records(impl, device, versions, seed, result, cid, impl.capabilities["dtypes"],
+                              lambda case, outcome, cid=cid: sync_engine.write_reproducer(
+                                  repro_dir, impl, device, cid, case, outcome),
+                              not_run=cid in sync_engine.SYNC_REQUIRES)
+    _stamp(out, result, scope="data_parallel")
     entries = known_mod.load_known(impl.name, spec, known_dir)
     return known_mod.apply_known(out, entries, impl.name, device)
 
@@ -89,25 +103,10 @@ def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_di
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
                                              clause.id, "unsupported", f"the implementation lacks capability {need!r}"))
             continue
-        for dtype in dtypes:
-            t = result.tallies.get((clause.id, dtype))
-            if t is None:
-                out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, dtype,
-                                                 clause.id, "not_run", "no generated case exercised this clause "
-                                                 f"in {dtype} ({result.cases} cases)"))
-                continue
-            path = None
-            shr = result.shrunk.get((clause.id, dtype))
-            if t.failed:
-                case, outcome = shr if shr and shr[1] is not None else (t.failing_case, t.failing)
-                try:
-                    path = repro.write(Path(repro_dir), impl, device, clause, case, outcome, run_case)
-                except Exception as exc:  # the finding stands even if its reproducer could not be saved
-                    path = f"(reproducer not written: {type(exc).__name__}: {exc})"
-            out.append(rec_mod.tally_record(impl, device, versions, dtype, clause.id, t, shr, seed, path))
-    for r in out:
-        r["elapsed_s"] = round(result.seconds, 3)
-        r["total_cases"] = result.cases
+        out += _tally_records(impl, device, versions, seed, result, clause.id, dtypes,
+                              lambda case, outcome, clause=clause: repro.write(
+                                  Path(repro_dir), impl, device, clause, case, outcome, run_case))
+    _stamp(out, result)
     entries = known_mod.load_known(impl.name, spec, known_dir)
     return known_mod.apply_known(out, entries, impl.name, device)
 

@@ -176,9 +176,11 @@ def make_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S):
     raise TargetError(f"unknown --kind {kind!r}; use numpy or torch-module")
 
 
-def audit(target, profile, *, kind="numpy", max_examples=60, seed=0, spec_path=None, repro_dir=None,
-          shrink_budget=25, fingerprint=True, timeout=CALL_TIMEOUT_S, impl=None, progress=None) -> AuditReport:
-    """Run the shared cases for every clause that applies; returns an AuditReport."""
+def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path=None, repro_dir=None,
+          shrink_budget=25, fingerprint=True, timeout=CALL_TIMEOUT_S, impl=None, progress=None,
+          quota=100) -> AuditReport:
+    """Run the shared cases, at least `quota` per clause that applies (max_examples caps
+    the total); returns an AuditReport."""
     import time
 
     from . import repro
@@ -191,7 +193,7 @@ def audit(target, profile, *, kind="numpy", max_examples=60, seed=0, spec_path=N
     impl = impl or make_implementation(target, profile, kind, timeout)
     t0 = time.perf_counter()
     result = audit_implementation(impl, "cpu", spec, prof, max_examples=max_examples, seed=seed,
-                                  shrink_budget=shrink_budget, progress=progress)
+                                  shrink_budget=shrink_budget, progress=progress, quota=quota)
     rep = AuditReport(target, profile, "conforms", cases=result.cases)
     by_clause: dict = {}
     for (cid, dtype), t in result.tallies.items():

@@ -80,7 +80,7 @@ def _select(args):
     return out
 
 
-TIERS = {"fast": 100, "thorough": 1000}
+TIERS = {"fast": 100, "thorough": 1000}   # generated cases per clause per implementation
 
 
 def cmd_run(args) -> int:
@@ -88,11 +88,11 @@ def cmd_run(args) -> int:
     from .spec_loader import get_spec
     get_spec(args.spec)  # a malformed spec stops the run before anything starts
     impls = _select(args)
-    n = args.max_examples or TIERS[args.tier]
     out = Path(args.out)
-    summary = run_many(impls, out, max_examples=n, seed=args.seed, timeout_s=args.timeout,
+    summary = run_many(impls, out, max_examples=args.max_examples, seed=args.seed, timeout_s=args.timeout,
                        repro_dir=args.repro_dir, resume=args.resume, spec=args.spec,
-                       echo=lambda m: print(m, flush=True))
+                       echo=lambda m: print(m, flush=True), quota=args.cases_per_clause or TIERS[args.tier],
+                       jobs=args.jobs)
     print(f"{out}: {summarize(out)}")
     bad = sum(s["bad"] for s in summary)
     return EXIT_VIOLATION if bad and args.strict else EXIT_OK
@@ -113,12 +113,16 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
-def progress_bar(total: int, label: str):
-    """A progress bar on stderr when it is a terminal (never in --json output or CI logs)."""
+def progress_bar(total: int | None, label: str):
+    """A progress line on stderr when it is a terminal (never in --json output or CI logs).
+    total None: the run ends when every clause has its quota, so only the count is shown."""
     if not sys.stderr.isatty():
         return None
 
     def show(done: int):
+        if total is None:
+            print(f"\r{label}: {done} cases", end="", file=sys.stderr, flush=True)
+            return
         n = min(done, total)
         filled = int(30 * n / max(total, 1))
         print(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} cases", end="", file=sys.stderr,
@@ -134,7 +138,9 @@ def cmd_audit(args) -> int:
     try:
         rep = audit(args.target, args.profile, kind=args.kind, max_examples=args.max_examples, seed=args.seed,
                     spec_path=args.spec, repro_dir=args.repro_dir, fingerprint=not args.no_fingerprint,
-                    progress=progress_bar(args.max_examples, "auditing"))
+                    progress=progress_bar(None, "auditing"), quota=args.cases_per_clause)
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
     except (TargetError, SpecError) as exc:
         return _err(str(exc))
     if args.json:
@@ -237,8 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", action="append", help="torch, tensorflow, jax, onnx, snippets (repeatable)")
     p.add_argument("--impl", action="append", help="an implementation name (repeatable)")
     p.add_argument("--out", default="reports/raw/results.jsonl")
-    p.add_argument("--tier", choices=sorted(TIERS), default="fast")
-    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--tier", choices=sorted(TIERS), default="fast",
+                   help="fast: 100 cases per clause per implementation; thorough: 1000")
+    p.add_argument("--cases-per-clause", type=int, default=None, help="overrides the tier")
+    p.add_argument("--max-examples", type=int, default=None, help="cap on all cases (default 20 x cases-per-clause)")
+    p.add_argument("--jobs", type=int, default=None, help="implementations audited side by side "
+                   "(default BNCONF_JOBS or one per core)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per implementation")
     p.add_argument("--repro-dir", default="reports/repro")
@@ -257,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", required=True)
     p.add_argument("--kind", choices=["numpy", "torch-module"], default="numpy")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--max-examples", type=int, default=60)
+    p.add_argument("--cases-per-clause", type=int, default=100,
+                   help="at least this many generated cases per clause (aimed at rare clauses)")
+    p.add_argument("--max-examples", type=int, default=None, help="cap on all cases (default 20 x cases-per-clause)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repro-dir", default=None, help="write a standalone reproducer per violation here")
     p.add_argument("--no-fingerprint", action="store_true")

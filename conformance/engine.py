@@ -14,6 +14,16 @@ from . import checks as checks_mod
 from .case import Case, materialize
 from .checks import Ctx, Outcome
 
+# Cases per clause per implementation (the fast tier), and the cap on all cases as a
+# multiple of it: a clause the scheduler cannot reach never makes a run endless.
+DEFAULT_QUOTA = 100
+CAP_PER_QUOTA = 20
+
+
+def cap_for(quota: int | None, max_examples: int | None) -> int:
+    return max_examples if max_examples else CAP_PER_QUOTA * (quota or DEFAULT_QUOTA)
+
+
 # Which capability a clause needs to be exercised at all (else: unsupported, with reason).
 REQUIRES = {
     "BN-GRAD-TRAIN": "grads",
@@ -91,23 +101,27 @@ class ClauseTally:
     measured: dict = field(default_factory=dict)  # convention -> {value: count}
     samples: list = field(default_factory=list)   # (kappa, ratio) per case, for the accuracy plots
 
-    def add(self, o: Outcome, case: Case):
+    def add(self, outcomes: list, case: Case):
+        """One case's outcomes for this clause: the case counts once, failed if any failed."""
         self.cases += 1
-        if o.comparison is not None and len(self.samples) < 400:
-            r = o.comparison.ratio
-            self.samples.append((float(case.kappa), float(r) if np.isfinite(r) else 1e9))
-        for k, v in o.measured.items():
-            self.measured.setdefault(k, {}).setdefault(repr(v), 0)
-            self.measured[k][repr(v)] += 1
-        if o.ok:
+        for o in outcomes:
+            if o.comparison is not None and len(self.samples) < 400:
+                r = o.comparison.ratio
+                self.samples.append((float(case.kappa), float(r) if np.isfinite(r) else 1e9))
+            for k, v in o.measured.items():
+                self.measured.setdefault(k, {}).setdefault(repr(v), 0)
+                self.measured[k][repr(v)] += 1
+        bad = next((o for o in outcomes if not o.ok), None)
+        if bad is None:
             self.passed += 1
-            if o.comparison is not None and (self.worst is None or self.worst.comparison is None
-                                             or o.comparison.ratio > self.worst.comparison.ratio):
-                self.worst = o
+            for o in outcomes:
+                if o.comparison is not None and (self.worst is None or self.worst.comparison is None
+                                                 or o.comparison.ratio > self.worst.comparison.ratio):
+                    self.worst = o
         else:
             self.failed += 1
             if self.failing_case is None or _size(case) < _size(self.failing_case):
-                self.failing, self.failing_case = o, case
+                self.failing, self.failing_case = bad, case
 
 
 def _size(case: Case) -> tuple:
@@ -186,12 +200,25 @@ class AuditResult:
     shrunk: dict = field(default_factory=dict)   # (clause, dtype) -> (case, outcome)
     first_failure_s: float | None = None         # seconds until the first failing outcome
     first_failure_case: int | None = None        # how many cases it took
+    quota: dict | None = None                    # the scheduler's counts and given-up clauses
 
 
-def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadline_s=None, stop=None):
+class _Enough(BaseException):
+    """Every clause has its quota: ends the hypothesis run at once (not an Exception, so
+    hypothesis neither reports nor replays it)."""
+
+
+def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadline_s=None, stop=None,
+            scheduler=None, aimed=None, round_size=20):
     """Run `run(case) -> outcomes` on the pinned cases, then on cases drawn from `strategy`
-    (hypothesis, seeded, no example database); tally every outcome per (clause, dtype).
-    Returns (tallies, cases run, seconds, (seconds to the first failure, its case number))."""
+    (hypothesis, seeded, no example database); tally every outcome per (clause, dtype), a
+    case counting once per clause. Returns (tallies, cases run, seconds, (seconds to the
+    first failure, its case number)).
+
+    With a scheduler (quota.py) the run goes on in rounds of `round_size` cases, each a
+    seeded hypothesis run of `aimed(focus)` at the clauses short of their quota (a strategy
+    must not change under hypothesis's feet, so the aim changes between rounds), until none
+    is short; max_examples is then the cap on all cases."""
     from hypothesis import HealthCheck, Phase, example, given, settings
     from hypothesis import seed as hseed
 
@@ -199,42 +226,99 @@ def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadlin
     count = [0]
     first = [None, None]
     t0 = time.perf_counter()
+    aim: list = []
 
     def body(case):
         if (stop and stop()) or (deadline_s and time.perf_counter() - t0 > deadline_s):
-            return
+            raise _Enough()
         outs = run(case)
         count[0] += 1
+        per_clause: dict = {}
         for o in outs:
-            tallies.setdefault((o.clause, case.dtype), ClauseTally()).add(o, case)
+            per_clause.setdefault(o.clause, []).append(o)
             if not o.ok and first[0] is None:
                 first[0], first[1] = time.perf_counter() - t0, count[0]
+        for clause, group in per_clause.items():
+            tallies.setdefault((clause, case.dtype), ClauseTally()).add(group, case)
         if progress:
             progress(count[0])
+        if scheduler is not None:
+            scheduler.last_aim = tuple(aim)
+            scheduler.observe(set(per_clause))
+            if scheduler.done() or (aim and all(scheduler.counts[c] >= scheduler.quota for c in aim)):
+                raise _Enough()
 
-    test = given(strategy)(body)
-    for c in reversed(pinned):
-        test = example(c)(test)
-    test = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
-                    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-                    print_blob=False)(test)
-    hseed(seed)(test)()
+    def one_run(strat, examples, n, run_seed):
+        if n <= 0 and not examples:
+            return True
+        test = given(strat)(body)
+        for c in reversed(examples):
+            test = example(c)(test)
+        test = settings(max_examples=max(n, 1), database=None, deadline=None, derandomize=False,
+                        phases=[Phase.explicit] + ([Phase.generate] if n > 0 else []),
+                        suppress_health_check=list(HealthCheck), print_blob=False)(test)
+        try:
+            hseed(run_seed)(test)()
+        except _Enough:
+            return not ((stop and stop()) or (deadline_s and time.perf_counter() - t0 > deadline_s))
+        return True
+
+    if scheduler is None:
+        one_run(strategy, pinned, max_examples, seed)
+    else:
+        rng = np.random.default_rng([seed, 0x5C])
+        going = one_run(strategy, pinned, 0, seed)          # the pinned probes first
+        r = 0
+        while going and not scheduler.done() and count[0] < max_examples:
+            r += 1
+            focus = scheduler.choose(lambda n: int(rng.integers(n)))
+            aim[:] = scheduler.last_aim
+            going = one_run(aimed(focus) if focus else strategy, [],
+                            min(round_size, max_examples - count[0]), seed * 1000 + r)
     return tallies, count[0], time.perf_counter() - t0, tuple(first)
 
 
-def audit_implementation(impl, device, spec, profile, *, max_examples=100, seed=0, shrink_budget=30,
-                         progress=None, deadline_s=None) -> AuditResult:
-    """Explore cases with hypothesis, tally every outcome, shrink each failing clause's case."""
-    from .strategies import cases, pinned_for
+def aimed_strategies(make):
+    """focus -> strategy, built once per distinct focus (a run aims at a few dozen)."""
+    cache: dict = {}
 
+    def get(focus):
+        key = tuple(sorted((k, tuple(v)) for k, v in focus.items()))
+        if key not in cache:
+            cache[key] = make(focus)
+        return cache[key]
+    return get
+
+
+def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed=0, shrink_budget=30,
+                         progress=None, deadline_s=None, quota=DEFAULT_QUOTA) -> AuditResult:
+    """Explore cases with hypothesis, tally every outcome, shrink each failing clause's case.
+
+    quota: at least this many cases per applicable clause (aimed with quota.py, capped at
+    max_examples cases in all, default CAP_PER_QUOTA x quota); None draws max_examples
+    cases blindly."""
+    max_examples = cap_for(quota, max_examples)
+    from .quota import QuotaScheduler
+    from .strategies import cases, focus_for, layout_pool, merge_focus, pinned_for
+
+    caps = impl.capabilities
     applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
+    # implementations that compile per input shape draw layouts from a finite pool (see layout_pool)
+    pool = layout_pool(caps, seed, caps["layout_pool"]) if caps.get("layout_pool") else None
+    scheduler = None
+    if quota:
+        foci = {cid: focus_for(cid) for cid in sorted(applicable)
+                if cid not in REQUIRES or capability_ok(caps, REQUIRES[cid])}
+        scheduler = QuotaScheduler(foci, quota, merge_focus)
     t0 = time.perf_counter()
     tallies, count, _, first = explore(
-        cases(impl.capabilities), pinned_for(impl.capabilities),
+        cases(caps, pool=pool), pinned_for(caps),
         lambda case: evaluate(impl, case, device, spec, profile, applicable)[0],
-        max_examples=max_examples, seed=seed, progress=progress, deadline_s=deadline_s)
+        max_examples=max_examples, seed=seed, progress=progress, deadline_s=deadline_s, scheduler=scheduler,
+        aimed=aimed_strategies(lambda focus: cases(caps, focus=focus, pool=pool)))
     shrunk = {}
     for key, t in tallies.items():
         if t.failed and t.failing_case is not None and shrink_budget > 0:
             shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, applicable, shrink_budget)
-    return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1])
+    return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1],
+                       scheduler.summary() if scheduler else None)

@@ -16,7 +16,10 @@ def pytest_addoption(parser):
     g.addoption("--bnconf-family", action="append", default=[], help="audit a built-in family (repeatable)")
     g.addoption("--bnconf-impl", action="append", default=[], help="audit a built-in implementation (repeatable)")
     g.addoption("--bnconf-raw", default="reports/raw/results.jsonl", help="where raw records go")
-    g.addoption("--bnconf-max-examples", type=int, default=None, help="cases per implementation")
+    g.addoption("--bnconf-cases-per-clause", type=int, default=None,
+                help="generated cases per clause per implementation (default 100)")
+    g.addoption("--bnconf-max-examples", type=int, default=None, help="cap on all cases per implementation")
+    g.addoption("--bnconf-jobs", type=int, default=None, help="implementations audited side by side")
     g.addoption("--bnconf-seed", type=int, default=0)
     g.addoption("--bnconf-timeout", type=float, default=900.0, help="seconds per implementation process")
 
@@ -63,7 +66,8 @@ def _run(config) -> list[dict]:
     if target:
         from .audit_user import audit
         prof = config.getoption("bnconf_profile") or "torch"
-        rep = audit(target, prof, kind=config.getoption("bnconf_kind"), max_examples=n or 60,
+        rep = audit(target, prof, kind=config.getoption("bnconf_kind"), max_examples=n,
+                    quota=config.getoption("bnconf_cases_per_clause") or 100,
                     seed=config.getoption("bnconf_seed"), fingerprint=False)
         for v in rep.violations:
             records.append({"implementation": target, "clause": v["clause"], "status": "fail", "device": "cpu",
@@ -79,7 +83,8 @@ def _run(config) -> list[dict]:
         from .runner import run_many
         out = Path(config.getoption("bnconf_raw"))
         impls = [find(nm) for nm, *_ in names]
-        run_many(impls, out, max_examples=n or 100, seed=config.getoption("bnconf_seed"),
+        run_many(impls, out, max_examples=n, seed=config.getoption("bnconf_seed"),
+                 quota=config.getoption("bnconf_cases_per_clause"), jobs=config.getoption("bnconf_jobs"),
                  timeout_s=config.getoption("bnconf_timeout"), repro_dir=str(out.parent.parent / "repro"),
                  echo=lambda m: print(m, flush=True))
         records += [r for r in read_jsonl([out]) if r.get("kind") != "fingerprint"]

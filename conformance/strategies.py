@@ -27,59 +27,157 @@ def _feature_axis(rank: int, where: str) -> int:
     return 1 if where == "first" else rank - 1
 
 
-@st.composite
-def shapes(draw, ranks, feature_axes, empty_batch=True, max_elements=MAX_ELEMENTS):
-    """(shape, feature_axis): batch first, feature axis first or last, small and large channels,
-    and the degenerate n = 1 per channel and empty batch."""
-    rank = draw(st.sampled_from(sorted(ranks)), label="rank")
-    where = draw(st.sampled_from(sorted(feature_axes)), label="feature axis")
-    fa = _feature_axis(rank, where)
-    kind = draw(st.sampled_from(["normal"] * 8 + ["one_value", "empty"] * 1), label="shape kind")
-    channels = draw(st.sampled_from([1, 2, 3, 4, 5, 8, 16, 64]), label="channels")
+SHAPE_KINDS = ("normal",) * 8 + ("one_value", "empty")
+CHANNELS = (1, 2, 3, 4, 5, 8, 16, 64)
+SPECIALS = ("none",) * 9 + ("constant", "nan", "inf")
+
+
+def make_shape(pick, ranks, feature_axes, kind, max_elements=MAX_ELEMENTS):
+    """(shape, feature_axis) from `pick(options, label)`: batch first, feature axis first or
+    last, small and large channels, the degenerate n = 1 per channel and the empty batch.
+    One definition for both a hypothesis draw and a layout pool's NumPy draw."""
+    rank = pick(sorted(ranks), "rank")
+    fa = _feature_axis(rank, pick(sorted(feature_axes), "feature axis"))
+    channels = pick(CHANNELS, "channels")
     dims = [0] * rank
     dims[fa] = channels
     others = [a for a in range(rank) if a != fa]
     if kind == "one_value":
         for a in others:
             dims[a] = 1
-    else:
-        for a in others:
-            dims[a] = draw(st.integers(1, 8 if a == 0 else 6), label=f"dim {a}")
-        while int(np.prod(dims)) > max_elements:
-            a = max(others, key=lambda i: dims[i])
-            dims[a] = max(1, dims[a] // 2)
-        if int(np.prod(dims)) // channels < 2:
-            dims[others[0]] = 2
-        if kind == "empty" and empty_batch and fa != 0:
-            dims[0] = 0
+        return tuple(dims), fa
+    for a in others:
+        dims[a] = pick(tuple(range(1, 9 if a == 0 else 7)), f"dim {a}")
+    while int(np.prod(dims)) > max_elements:
+        a = max(others, key=lambda i: dims[i])
+        dims[a] = max(1, dims[a] // 2)
+    if int(np.prod(dims)) // channels < 2:
+        dims[others[0]] = 2
+    if kind == "empty" and fa != 0:
+        dims[0] = 0
     return tuple(dims), fa
 
 
 @st.composite
-def cases(draw, caps: dict, dtypes=None):
-    """A Case within the capabilities `caps` (see adapters/_protocol.py)."""
-    shape, fa = draw(shapes(caps["ranks"], caps["feature_axes"], caps.get("empty_batch", True)))
-    allowed = [d for d in caps["dtypes"] if dtypes is None or d in dtypes]
-    dtype = draw(st.sampled_from(allowed * 3 if len(allowed) == 1 else
-                                 [d for d in allowed for _ in range(3 if d == "float32" else 1)]), label="dtype")
+def shapes(draw, ranks, feature_axes, empty_batch=True, max_elements=MAX_ELEMENTS, kinds=None):
+    kinds = [k for k in (kinds or SHAPE_KINDS) if empty_batch or k != "empty"] or ["normal"]
+    kind = draw(st.sampled_from(kinds), label="shape kind")
+    return make_shape(lambda opts, label: draw(st.sampled_from(opts), label=label), ranks, feature_axes, kind,
+                      max_elements)
+
+
+def _shape_kind(shape, fa) -> str:
+    if len(shape) and shape[0] == 0:
+        return "empty"
+    return "one_value" if int(np.prod(shape)) == shape[fa] else "normal"
+
+
+def layout_pool(caps: dict, seed: int, per_dtype: int) -> list[tuple]:
+    """A run's finite set of (shape, feature_axis, dtype) layouts, drawn from the seed, for
+    implementations that compile a program per input shape (XLA, graph modes): every case of
+    the run takes its layout from here, so compiled programs are reused and the time goes
+    to cases, not to the compiler. Each dtype gets `per_dtype` ordinary layouts (float32
+    twice as many), one with a single value per channel and one empty batch, so every
+    focus (see FOCUS) can be met. A different seed gives a different pool."""
+    rng = np.random.default_rng([seed, 0xB0])
+    pick = lambda opts, label: opts[int(rng.integers(len(opts)))]  # noqa: E731
+    out = []
+    for dtype in caps["dtypes"]:
+        kinds = ["normal"] * (per_dtype * (2 if dtype == "float32" else 1)) + ["one_value"]
+        if caps.get("empty_batch", True):
+            kinds.append("empty")
+        for kind in kinds:
+            shape, fa = make_shape(pick, caps["ranks"], caps["feature_axes"], kind)
+            out.append((shape, fa, dtype))
+    return out
+
+
+# What a case must look like to exercise a clause (the checks' own conditions, see
+# checks.py): the scheduler (quota.py) aims cases at the clauses short of their quota.
+# Values are the allowed options per field; a clause not listed needs an ordinary case.
+ORDINARY = {"shape": ("normal",), "special": ("none",)}
+TRACKED = dict(ORDINARY, track=(True,))          # running statistics exist to be checked
+FOCUS = {
+    "BN-EMPTY-BATCH": {"shape": ("empty",)},
+    "BN-ONE-VALUE": {"shape": ("one_value",), "special": ("none", "constant")},
+    "BN-CONSTANT-CHANNEL": {"shape": ("normal",), "special": ("constant",)},
+    "BN-NONFINITE-CONFINED": {"shape": ("normal",), "special": ("nan", "inf")},
+    "BN-AFFINE": dict(ORDINARY, affine=("random", "default")),
+    "BN-AFFINE-OFF": dict(ORDINARY, affine=("off",)),
+    "BN-DEFAULT-EPS": dict(ORDINARY, eps=("default",)),
+    "BN-SCALE-INVARIANCE": dict(ORDINARY, eps=("value",)),   # the relation rescales eps with x
+    "BN-DEFAULT-MOMENTUM": dict(TRACKED, momentum=("default",)),
+    "BN-MOMENTUM-CUMULATIVE": dict(TRACKED, momentum=("none",)),
+    "BN-EVAL-BATCH": dict(ORDINARY, track=(False,)),
+    "BN-DTYPE-F64": dict(ORDINARY, dtype=("float64",)),
+    "BN-DTYPE-ACCUM": dict(ORDINARY, dtype=("float16", "bfloat16")),
+    **{c: TRACKED for c in ("BN-INIT", "BN-FOLD", "BN-EVAL-RUNNING", "BN-EVAL-NO-UPDATE", "BN-NUM-BATCHES-TRACKED",
+                            "BN-MOMENTUM-BATCH-WEIGHT", "BN-MOMENTUM-OLD-WEIGHT", "BN-MOMENTUM-DEBIASED",
+                            "BN-RUNVAR-UNBIASED", "BN-RUNVAR-BIASED")},
+}
+
+
+def focus_for(clause: str) -> dict:
+    return FOCUS.get(clause, ORDINARY)
+
+
+def merge_focus(a: dict, b: dict) -> dict | None:
+    """Both foci at once, or None where they contradict (e.g. empty batch and a constant channel)."""
+    out = dict(a)
+    for k, v in b.items():
+        both = tuple(x for x in out.get(k, v) if x in v)
+        if not both:
+            return None
+        out[k] = both
+    return out
+
+
+def _options(base, focus, key):
+    """The caps' options for a field narrowed by the focus; the caps win where they disagree
+    (a clause the implementation cannot be aimed at is given up by the scheduler, not forced)."""
+    want = focus.get(key) if focus else None
+    narrowed = [o for o in base if want is None or o in want]
+    return narrowed or list(base)
+
+
+@st.composite
+def cases(draw, caps: dict, dtypes=None, focus=None, pool=None):
+    """A Case within the capabilities `caps` (see adapters/_protocol.py), optionally aimed
+    at a focus (see FOCUS) and with its layout taken from a pool (see layout_pool)."""
+    focus = focus or {}
+    dt_ok = lambda d: (dtypes is None or d in dtypes) and (not focus.get("dtype") or d in focus["dtype"])  # noqa: E731
+    if pool:
+        kinds = focus.get("shape")
+        fitting = [e for e in pool if dt_ok(e[2]) and (not kinds or _shape_kind(e[0], e[1]) in kinds)] or \
+            [e for e in pool if dt_ok(e[2])] or list(pool)
+        shape, fa, dtype = draw(st.sampled_from(fitting), label="layout")
+    else:
+        kinds = _options(SHAPE_KINDS, focus, "shape")
+        shape, fa = draw(shapes(caps["ranks"], caps["feature_axes"], caps.get("empty_batch", True), kinds=kinds))
+        allowed = [d for d in caps["dtypes"] if dt_ok(d)] or [d for d in caps["dtypes"] if dtypes is None or d in dtypes]
+        dtype = draw(st.sampled_from(allowed * 3 if len(allowed) == 1 else
+                                     [d for d in allowed for _ in range(3 if d == "float32" else 1)]), label="dtype")
     affine_opts = ["random", "random"]
     if caps.get("default_init", True):
         affine_opts.append("default")
     if caps.get("affine_off", True):
         affine_opts.append("off")
-    affine = draw(st.sampled_from(affine_opts), label="affine")
+    affine = draw(st.sampled_from(_options(affine_opts, focus, "affine")), label="affine")
     mom_opts: list = []
     if caps.get("explicit_momentum", True):
-        mom_opts.append(draw(st.sampled_from([0.1, 0.01, 0.5, 0.9, 0.99]) | st.floats(0.01, 0.99), label="momentum value"))
+        mom_opts.append("value")
     if caps.get("default_momentum", True):
-        mom_opts.append(DEFAULT)
+        mom_opts.append("default")
     if caps.get("momentum_none", False):
-        mom_opts.append(None)
-    momentum = draw(st.sampled_from(mom_opts or [DEFAULT]), label="momentum")
-    eps_opts = [draw(st.sampled_from(EPS_VALUES) | st.floats(1e-6, 0.1), label="eps value")]
-    if caps.get("default_eps", True):
-        eps_opts.append(DEFAULT)
-    eps = draw(st.sampled_from(eps_opts), label="eps")
+        mom_opts.append("none")
+    mom_kind = draw(st.sampled_from(_options(mom_opts or ["default"], focus, "momentum")), label="momentum")
+    momentum = {"default": DEFAULT, "none": None}.get(mom_kind)
+    if mom_kind == "value":
+        momentum = draw(st.sampled_from([0.1, 0.01, 0.5, 0.9, 0.99]) | st.floats(0.01, 0.99), label="momentum value")
+    eps_opts = ["value"] + (["default"] if caps.get("default_eps", True) else [])
+    eps = DEFAULT
+    if draw(st.sampled_from(_options(eps_opts, focus, "eps")), label="eps") == "value":
+        eps = draw(st.sampled_from(EPS_VALUES) | st.floats(1e-6, 0.1), label="eps value")
     log_scale = draw(st.sampled_from(LOG_SCALES), label="log10 scale")
     kappa = draw(st.sampled_from(KAPPAS), label="|mean|/std")
     limit = DTYPE_MAX_ABS[dtype]
@@ -87,10 +185,10 @@ def cases(draw, caps: dict, dtypes=None):
         log_scale = min(max(log_scale, -2.0), 1.0)
     while kappa > 0 and (kappa + 6) * 2 * 10 ** log_scale > limit:
         kappa = KAPPAS[max(KAPPAS.index(kappa) - 1, 0)] if kappa in KAPPAS else 0.0
-    special = draw(st.sampled_from(["none"] * 9 + ["constant", "nan", "inf"]), label="special")
+    special = draw(st.sampled_from(_options(SPECIALS, focus, "special")), label="special")
     track = True
     if caps.get("no_running_stats", False):
-        track = draw(st.sampled_from([True, True, True, False]), label="track_running_stats")
+        track = draw(st.sampled_from(_options([True, True, True, False], focus, "track")), label="track_running_stats")
     memory_format = "contiguous"
     if caps.get("channels_last_memory") and len(shape) in (4, 5) and fa == 1:
         memory_format = draw(st.sampled_from(["contiguous", "channels_last"]), label="memory format")
@@ -168,15 +266,16 @@ def pinned_for(caps: dict) -> list[Case]:
 
 # ----------------------------------------------------------------- cross-replica cases
 @st.composite
-def sync_cases(draw, caps: dict):
+def sync_cases(draw, caps: dict, focus=None):
     """A SyncCase within `caps`: 2..8 replicas, even and uneven splits (ragged arrays where
     the engine takes them, padding plus a mask where it needs equal shapes), one replica
-    with no real rows where the engine allows it."""
+    with no real rows where the engine allows it. focus: see SYNC_FOCUS."""
     from .sync_case import SyncCase
     lo, hi = caps["replicas"]
     R = draw(st.integers(lo, hi), label="replicas")
     uneven_ok = caps.get("ragged") or caps.get("mask")
-    split = draw(st.sampled_from(["even", "uneven"] if uneven_ok else ["even"]), label="split")
+    split = draw(st.sampled_from(_options(["even", "uneven"] if uneven_ok else ["even"], focus, "split")),
+                 label="split")
     if split == "even":
         n = draw(st.integers(1, 6), label="rows per replica")
         counts = [n] * R
@@ -217,6 +316,14 @@ def sync_cases(draw, caps: dict):
         eps=draw(st.sampled_from(EPS_VALUES), label="eps"), kappa=float(kappa),
         log_scale=float(draw(st.sampled_from([-1.0, 0.0, 0.0, 1.0]), label="log10 scale")),
         affine=affine, masked=masked)
+
+
+# What a cross-replica case must look like to exercise a clause (sync_checks.py).
+SYNC_FOCUS = {"BN-SYNC-GLOBAL": {"split": ("even",)}, "BN-SYNC-WEIGHTED": {"split": ("uneven",)}}
+
+
+def sync_focus_for(clause: str) -> dict:
+    return SYNC_FOCUS.get(clause, {})
 
 
 # Pinned cross-replica probes (hypothesis @example), adapted by `sync_pinned_for`.

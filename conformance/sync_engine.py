@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import AuditResult, explore, greedy_shrink
+from .engine import DEFAULT_QUOTA, AuditResult, aimed_strategies, cap_for, explore, greedy_shrink
 from .sync_case import SyncCase, materialize
 from .sync_checks import SyncCtx, run_sync_checks
 
@@ -97,11 +97,21 @@ def shrink(impl, case, clause, device, spec, profile, budget=20):
     return greedy_shrink(case, _candidates, fails, budget)
 
 
-def audit_sync(impl, device, spec, profile, *, max_examples=100, seed=0, shrink_budget=20,
-               progress=None, deadline_s=None) -> AuditResult:
-    """Explore SyncCases (the single-device engine's explorer, another strategy), tally every
-    outcome per (clause, dtype). Raises SyncUnsupported when the engine refuses outright."""
-    from .strategies import sync_cases, sync_pinned_for
+def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink_budget=20,
+               progress=None, deadline_s=None, quota=DEFAULT_QUOTA) -> AuditResult:
+    """Explore SyncCases (the single-device engine's explorer, another strategy), at least
+    `quota` per cross-replica clause the wrapper can be checked on; tally every outcome per
+    (clause, dtype). Raises SyncUnsupported when the engine refuses outright."""
+    from .quota import QuotaScheduler
+    from .strategies import merge_focus, sync_cases, sync_focus_for, sync_pinned_for
+
+    caps = impl.capabilities
+    max_examples = cap_for(quota, max_examples)
+    scheduler = None
+    if quota:
+        foci = {c.id: sync_focus_for(c.id) for c in spec.clauses_for(profile, scope="data_parallel")
+                if c.id not in SYNC_REQUIRES or caps.get(SYNC_REQUIRES[c.id], False)}
+        scheduler = QuotaScheduler(foci, quota, merge_focus)
 
     refused = []
 
@@ -114,15 +124,17 @@ def audit_sync(impl, device, spec, profile, *, max_examples=100, seed=0, shrink_
 
     t0 = time.perf_counter()
     tallies, count, _, first = explore(
-        sync_cases(impl.capabilities), sync_pinned_for(impl.capabilities), run, max_examples=max_examples,
-        seed=seed, progress=progress, deadline_s=deadline_s, stop=lambda: bool(refused))
+        sync_cases(caps), sync_pinned_for(caps), run, max_examples=max_examples,
+        seed=seed, progress=progress, deadline_s=deadline_s, stop=lambda: bool(refused), scheduler=scheduler,
+        aimed=aimed_strategies(lambda focus: sync_cases(caps, focus=focus)))
     if refused:
         raise SyncUnsupported(refused[0])
     shrunk = {}
     for key, t in tallies.items():
         if t.failed and t.failing_case is not None and shrink_budget > 0:
             shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, shrink_budget)
-    return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1])
+    return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1],
+                       scheduler.summary() if scheduler else None)
 
 
 # ---------------------------------------------------------------- reproducers

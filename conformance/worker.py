@@ -13,7 +13,7 @@ from pathlib import Path
 from . import known as known_mod
 from . import records as rec_mod
 from . import repro
-from .engine import REQUIRES, audit_implementation, capability_ok, run_case
+from .engine import DEFAULT_QUOTA, REQUIRES, audit_implementation, capability_ok, run_case
 from .spec_loader import get_spec
 
 
@@ -46,13 +46,19 @@ def _tally_records(impl, device, versions, seed, result, cid, dtypes, write_repr
 
 
 def _stamp(out, result, **extra):
+    q = result.quota or {}
     for r in out:
         r.update(elapsed_s=round(result.seconds, 3), total_cases=result.cases, **extra)
+        if q:
+            r["quota"] = q["quota"]
+            if r.get("clause") in q.get("given_up", ()):
+                r["quota_note"] = (f"{r.get('cases', 0)} cases: the scheduler aimed {q['quota']} cases at it "
+                                   f"and stopped after 30 in a row missed it")
     return out
 
 
 def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_dir=None,
-                       shrink_budget=20, progress=None) -> list[dict]:
+                       shrink_budget=20, progress=None, quota=DEFAULT_QUOTA) -> list[dict]:
     """Records of a data-parallel wrapper: the cross-replica clauses (scope data_parallel),
     plus any single-device clause a finding was attributed to (e.g. BN-VAR-STABLE)."""
     from . import sync_engine
@@ -61,7 +67,7 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
     clauses = spec.clauses_for(profile, scope="data_parallel")
     try:
         result = sync_engine.audit_sync(impl, device, spec, profile, max_examples=max_examples, seed=seed,
-                                        shrink_budget=shrink_budget, progress=progress)
+                                        shrink_budget=shrink_budget, progress=progress, quota=quota)
     except sync_engine.SyncUnsupported as exc:
         return [rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", c.id,
                                       "unsupported", f"the engine refuses it: {exc}") for c in clauses]
@@ -83,14 +89,14 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
 
 
 def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_dir=None, shrink_budget=30,
-                  progress=None) -> list[dict]:
+                  progress=None, quota=DEFAULT_QUOTA) -> list[dict]:
     if getattr(impl, "sync", False):
         return sync_audit_records(impl, spec, device=device, max_examples=max_examples, seed=seed,
-                                  repro_dir=repro_dir, known_dir=known_dir, progress=progress)
+                                  repro_dir=repro_dir, known_dir=known_dir, progress=progress, quota=quota)
     profile = spec.profile(impl.profile)
     versions = impl.versions()
     result = audit_implementation(impl, device, spec, profile, max_examples=max_examples, seed=seed,
-                                  shrink_budget=shrink_budget, progress=progress)
+                                  shrink_budget=shrink_budget, progress=progress, quota=quota)
     out = []
     dtypes = list(impl.capabilities["dtypes"])
     for clause in spec.clauses_for(profile):
@@ -115,7 +121,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bnconf.worker")
     ap.add_argument("--impl", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--max-examples", type=int, default=100)
+    ap.add_argument("--cases-per-clause", type=int, default=DEFAULT_QUOTA,
+                    help="at least this many generated cases per clause (the scheduler aims cases at rare clauses)")
+    ap.add_argument("--max-examples", type=int, default=None, help="cap on all cases (default 20 x cases-per-clause)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repro-dir", default="reports/repro")
     ap.add_argument("--spec", default=None)
@@ -144,7 +152,7 @@ def main(argv=None) -> int:
                                                  "not_run", f"device {device!r} not visible (visible: {visible})"))
             continue
         records.extend(audit_records(impl, spec, device=device, max_examples=args.max_examples, seed=args.seed,
-                                     repro_dir=args.repro_dir))
+                                     repro_dir=args.repro_dir, quota=args.cases_per_clause))
     if "cpu" in wanted and not getattr(impl, "sync", False):
         from .fingerprint import fingerprint
         try:

@@ -17,14 +17,19 @@ def _jax():
 
 
 def _arr(a, dtype):
-    import jax.numpy as jnp
-    _jax()
-    return jnp.asarray(np.asarray(a, np.float32 if dtype == "bfloat16" else a.dtype)).astype(dtype)
+    """NumPy to a device array of `dtype` without running a JAX op (an eager op would
+    compile once per shape, and so does jnp.asarray): bfloat16 through ml_dtypes, JAX's own NumPy bfloat16."""
+    import ml_dtypes
+    jax = _jax()
+    a = np.asarray(a)
+    want = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    return jax.device_put(a.astype(np.float32).astype(want) if dtype == "bfloat16" else a.astype(want))
 
 
 def _np(a):
     name = str(a.dtype)
-    return np_out(np.array(a.astype("float32") if name == "bfloat16" else a), name)
+    h = np.asarray(a)
+    return np_out(h.astype(np.float32) if name == "bfloat16" else h, name)
 
 
 def _param_dtype(dtype):
@@ -60,32 +65,48 @@ _FNS = {}
 
 
 def _cached(key, make):
-    """Jitted functions per layer configuration, shared by every instance of that
-    configuration: a relation check's extra calls reuse the compiled code."""
+    """Compiled functions (and initial variables) per layer configuration, shared by every
+    instance of it. eps and momentum are not part of the key: they are passed to the jitted
+    function as Python floats, which JAX traces as weakly typed scalars, so one program
+    serves every value, with the same arithmetic as a Python-float constant (bitwise: see
+    tests/test_jax_adapters.py). A new value of a constant would otherwise recompile."""
     if key not in _FNS:
         _FNS[key] = make()
     return _FNS[key]
 
 
+def _hyper(params, cls, eps_name="epsilon", mom_name="momentum"):
+    """(names, values) of eps and momentum as traced arguments. A default is the library's
+    own: read from `cls`'s signature, so BN-DEFAULT-EPS still measures the library (and the
+    program is the same for default and explicit values)."""
+    import inspect
+    kw = _kw(params, eps_name, mom_name)
+    sig = inspect.signature(cls).parameters
+    for name in (eps_name, mom_name):
+        if name and name not in kw and name in sig and sig[name].default is not inspect.Parameter.empty:
+            kw[name] = float(sig[name].default)
+    return tuple(sorted(kw)), kw
+
+
 def _with_grad(jax, fwd):
-    def run(prm, state, xx, dy, training):
-        y, vjp, new = jax.vjp(lambda p, x: fwd(p, state, x, training), prm, xx, has_aux=True)
+    def run(prm, state, xx, dy, hyper, training):
+        y, vjp, new = jax.vjp(lambda p, x: fwd(p, state, x, hyper, training), prm, xx, has_aux=True)
         gp, gx = vjp(dy.astype(y.dtype))
         return y, new, gp, gx
-    return jax.jit(run, static_argnums=4)
+    return jax.jit(run, static_argnums=5)
 
 
 class _Functional:
-    """Common driver: fns = (init_params, init_state, plain(prm, state, x, training), grad(...))."""
+    """Common driver: plain(prm, state, x, hyper, training) and grad(prm, state, x, dy, hyper, training)."""
     w_path = b_path = None
 
     def forward(self, x, training, dy):
         xt = _arr(x, self.p["dtype"])
         if dy is None:
-            y, new = self.plain(self.prm, self.state, xt, training)
+            y, new = self.plain(self.prm, self.state, xt, self.hyper, training)
             out = {}
         else:
-            y, new, gp, gx = self.grad(self.prm, self.state, xt, _arr(dy, self.p["dtype"]), training)
+            y, new, gp, gx = self.grad(self.prm, self.state, xt, _arr(dy, self.p["dtype"]), self.hyper, training)
             aff = self.p["affine"] != "off"
             out = _grads_out(gp, gx, self.w_path if aff else None, self.b_path if aff else None)
         if training:
@@ -97,6 +118,18 @@ class _Functional:
         return None
 
 
+def _initial(key, params, init):
+    """Initial variables: they depend on the configuration and the channel count only, and
+    are made once per key under jit (eagerly, each op would compile per shape)."""
+    jax = _jax()
+    return _cached(("init",) + key + (params["num_features"],), lambda: jax.jit(init)())
+
+
+def _probe2(params):
+    """A (2, C) probe for initializers that only read the channel count."""
+    return _arr(np.zeros((2, params["num_features"]), np.float32), params["dtype"])
+
+
 # ----------------------------------------------------------------------- flax.linen
 class _Linen(_Functional):
     w_path, b_path = staticmethod(lambda g: g["scale"]), staticmethod(lambda g: g["bias"])
@@ -105,23 +138,30 @@ class _Linen(_Functional):
         jax = _jax()
         self.p = params
         aff = params["affine"] != "off"
-        cfg = ("linen", params["feature_axis"], aff, params["dtype"], _param_dtype(params["dtype"]),
-               tuple(sorted(_kw(params).items())))
+        import flax.linen as nn
+        names, self.hyper = _hyper(params, nn.BatchNorm)
+        cfg = ("linen", params["feature_axis"], aff, params["dtype"], _param_dtype(params["dtype"]), names)
+
+        def layer(**hyper):
+            import flax.linen as nn
+            return nn.BatchNorm(use_running_average=None, axis=cfg[1], use_bias=aff, use_scale=aff, dtype=cfg[3],
+                                param_dtype=cfg[4], **hyper)
 
         def make():
-            import flax.linen as nn
-            bn = nn.BatchNorm(use_running_average=None, axis=cfg[1], use_bias=aff, use_scale=aff, dtype=cfg[3],
-                              param_dtype=cfg[4], **dict(cfg[5]))
-
-            def fwd(prm, stats, xx, training):
-                v = {"params": prm, "batch_stats": stats}
+            def fwd(prm, stats, xx, hyper, training):
+                bn, v = layer(**hyper), {"params": prm, "batch_stats": stats}
                 if training:
                     y, upd = bn.apply(v, xx, use_running_average=False, mutable=["batch_stats"])
                     return y, upd["batch_stats"]
                 return bn.apply(v, xx, use_running_average=True), stats
-            return bn, jax.jit(fwd, static_argnums=3), _with_grad(jax, fwd)
-        bn, self.plain, self.grad = _cached(cfg, make)
-        v = bn.init(jax.random.PRNGKey(0), _probe_x(params), use_running_average=False)
+            return jax.jit(fwd, static_argnums=4), _with_grad(jax, fwd)
+        self.plain, self.grad = _cached(cfg, make)
+        def init():
+            import flax.linen as nn  # a channels-last layer: same (C,) variables, one probe shape
+            return nn.BatchNorm(use_running_average=None, axis=-1, use_bias=aff, use_scale=aff,
+                                param_dtype=cfg[4]).init(jax.random.PRNGKey(0), _probe2(params),
+                                                         use_running_average=False)
+        v = _initial(("linen", aff, cfg[4]), params, init)
         self.prm, self.state = dict(v.get("params", {})), v["batch_stats"]
         if params["affine"] == "random":
             self.prm = {"scale": _arr(params["weight"], cfg[4]), "bias": _arr(params["bias"], cfg[4])}
@@ -131,60 +171,46 @@ class _Linen(_Functional):
 
 
 # ------------------------------------------------------------------------- flax.nnx
-def _nnx_fns():
-    def make():
-        from flax import nnx
+class _Nnx(_Functional):
+    """nnx through its functional API (split/merge) under jax.jit: the layer is built once per
+    configuration with the library's defaults, and the case's eps and momentum are set on
+    the merged copy inside the trace, as the attributes its __call__ reads. Parameters and
+    statistics cross the jit boundary as plain dicts of arrays: nnx State pytrees returned
+    from one call do not match the cached program of the next (a recompile per call)."""
+    w_path, b_path = staticmethod(lambda g: g["scale"]), staticmethod(lambda g: g["bias"])
 
-        @nnx.jit(static_argnums=3)
-        def plain(model, xx, dy, training):
-            model.train() if training else model.eval()
-            return model(xx)
-
-        @nnx.jit(static_argnums=3)
-        def grad(model, xx, dy, training):
-            model.train() if training else model.eval()
-
-            def loss(m, x):
-                y = m(x)
-                return (y * dy.astype(y.dtype)).sum().astype("float64" if y.dtype == "float64" else "float32"), y
-            (_, y), (gm, gx) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(model, xx)
-            return y, gm, gx
-        return plain, grad
-    return _cached(("nnx",), make)
-
-
-class _Nnx:
     def __init__(self, params):
-        from flax import nnx
-        _jax()
+        jax = _jax()
         self.p = params
         aff = params["affine"] != "off"
-        self.bn = nnx.BatchNorm(params["num_features"], axis=params["feature_axis"], use_bias=aff, use_scale=aff,
-                                dtype=params["dtype"], param_dtype=_param_dtype(params["dtype"]), rngs=nnx.Rngs(0),
-                                **_kw(params))
-        if params["affine"] == "random":
-            self.bn.scale.value = _arr(params["weight"], _param_dtype(params["dtype"]))
-            self.bn.bias.value = _arr(params["bias"], _param_dtype(params["dtype"]))
-        self.plain, self.grad = _nnx_fns()
+        from flax import nnx
+        names, self.hyper = _hyper(params, nnx.BatchNorm)
+        cfg = ("nnx", params["feature_axis"], aff, params["dtype"], _param_dtype(params["dtype"]), names,
+               params["num_features"])
 
-    def forward(self, x, training, dy):
-        xt = _arr(x, self.p["dtype"])
-        if dy is None:
-            y = self.plain(self.bn, xt, None, training)
-            out = {}
-        else:
-            y, gm, gx = self.grad(self.bn, xt, _arr(dy, self.p["dtype"]), training)
-            aff = self.p["affine"] != "off"
-            out = _grads_out(gm, gx, (lambda g: g["scale"].value) if aff else None,
-                             (lambda g: g["bias"].value) if aff else None)
-        out["y"], out["y_dtype"] = _np(y)
-        return out
+        def make():
+            bn = nnx.BatchNorm(params["num_features"], axis=cfg[1], use_bias=aff, use_scale=aff, dtype=cfg[3],
+                               param_dtype=cfg[4], rngs=nnx.Rngs(0))
+            graphdef, p_tmpl, s_tmpl = nnx.split(bn, nnx.Param, ...)
+
+            def fwd(prm, state, xx, hyper, training):
+                ps, ss = jax.tree.map(lambda a: a, p_tmpl), jax.tree.map(lambda a: a, s_tmpl)
+                nnx.replace_by_pure_dict(ps, prm)
+                nnx.replace_by_pure_dict(ss, state)
+                m = nnx.merge(graphdef, ps, ss)
+                for k, v in hyper.items():
+                    setattr(m, k, v)
+                m.train() if training else m.eval()
+                y = m(xx)
+                return y, nnx.split(m, nnx.Param, ...)[2].to_pure_dict()
+            return (p_tmpl.to_pure_dict(), s_tmpl.to_pure_dict()), jax.jit(fwd, static_argnums=4), \
+                _with_grad(jax, fwd)
+        (self.prm, self.state), self.plain, self.grad = _cached(cfg, make)
+        if params["affine"] == "random":
+            self.prm = {"scale": _arr(params["weight"], cfg[4]), "bias": _arr(params["bias"], cfg[4])}
 
     def running_stats(self):
-        return _np(self.bn.mean.value)[0].reshape(-1), _np(self.bn.var.value)[0].reshape(-1)
-
-    def counter(self):
-        return None
+        return _np(self.state["mean"])[0].reshape(-1), _np(self.state["var"])[0].reshape(-1)
 
 
 # ----------------------------------------------------------------------------- stax
@@ -198,20 +224,24 @@ class _Stax(_Functional):
         fa, rank = params["feature_axis"], params["rank"]
         axes = tuple(a for a in range(rank) if a != fa)
         aff = params["affine"] != "off"
-        kw = {} if params["eps"] == "default" else {"epsilon": float(params["eps"])}
-        cfg = ("stax", axes, aff, tuple(kw.items()))
+        from jax.example_libraries import stax
+        names, self.hyper = _hyper(dict(params, momentum="default"), stax.BatchNorm, "epsilon", None)
+        cfg = ("stax", axes, aff, names)
 
         def make():
             from jax.example_libraries import stax
-            init_fun, apply = stax.BatchNorm(axis=axes, center=aff, scale=aff, **kw)
 
-            def fwd(prm, state, xx, training):
-                return apply(prm, xx), state
-            return init_fun, jax.jit(fwd, static_argnums=3), _with_grad(jax, fwd)
-        init_fun, self.plain, self.grad = _cached(cfg, make)
+            def fwd(prm, state, xx, hyper, training):
+                return stax.BatchNorm(axis=axes, center=aff, scale=aff, **hyper)[1](prm, xx), state
+            return jax.jit(fwd, static_argnums=4), _with_grad(jax, fwd)
+        self.plain, self.grad = _cached(cfg, make)
         shp = [2] * rank
         shp[fa] = params["num_features"]
-        _, prm = init_fun(jax.random.PRNGKey(0), tuple(shp))
+
+        def init():
+            from jax.example_libraries import stax
+            return stax.BatchNorm(axis=axes, center=aff, scale=aff)[0](jax.random.PRNGKey(0), tuple(shp))[1]
+        prm = _cached(("init",) + cfg + (params["num_features"], rank), init)
         if params["affine"] == "random":
             prm = (_arr(params["bias"], params["dtype"]), _arr(params["weight"], params["dtype"]))
         elif aff:
@@ -236,22 +266,26 @@ class _Haiku(_Functional):
         self.p = params
         aff = params["affine"] != "off"
         fmt = "channels_first" if params["feature_axis"] == 1 and params["rank"] > 2 else "channels_last"
-        kw = {} if params["eps"] == "default" else {"eps": float(params["eps"])}
-        cfg = ("haiku", aff, fmt, float(params["momentum"]), tuple(kw.items()))
+        import haiku as hk
+        names, self.hyper = _hyper(params, hk.BatchNorm, "eps", "decay_rate")
+        cfg = ("haiku", aff, fmt, names)
 
-        def make():
+        def transformed():
             import haiku as hk
 
-            def body(x, is_training):
-                return hk.BatchNorm(create_scale=aff, create_offset=aff, decay_rate=cfg[3], data_format=fmt,
-                                    **kw)(x, is_training)
-            f = hk.transform_with_state(body)
+            def body(x, is_training, hyper):
+                return hk.BatchNorm(create_scale=aff, create_offset=aff, data_format=fmt, **hyper)(x, is_training)
+            return hk.transform_with_state(body)
 
-            def fwd(prm, state, xx, training):
-                return f.apply(prm, state, None, xx, training)
-            return f, jax.jit(fwd, static_argnums=3), _with_grad(jax, fwd)
-        f, self.plain, self.grad = _cached(cfg, make)
-        self.prm, self.state = f.init(jax.random.PRNGKey(0), _probe_x(params), True)
+        def make():
+            f = transformed()
+
+            def fwd(prm, state, xx, hyper, training):
+                return f.apply(prm, state, None, xx, training, hyper)
+            return jax.jit(fwd, static_argnums=4), _with_grad(jax, fwd)
+        self.plain, self.grad = _cached(cfg, make)
+        self.prm, self.state = _initial(cfg + (params["rank"],), params, lambda: transformed().init(
+            jax.random.PRNGKey(0), _probe_x(params), True, {"decay_rate": 0.9}))
         if params["affine"] == "random":
             mod = next(iter(self.prm))
             shp = self.prm[mod]["scale"].shape
@@ -266,29 +300,35 @@ class _Haiku(_Functional):
 
 # -------------------------------------------------------------------------- equinox
 def _eqx_fns():
+    """eps and momentum are static fields of an equinox module (part of the compiled
+    program's key): the layer is built with the library's values and the case's are set on
+    the traced copy, as the attributes __call__ reads (bitwise the same results: see
+    tests/test_jax_adapters.py)."""
     def make():
         import equinox as eqx
         jax = _jax()
 
-        def fwd(model, state, xx):
+        def fwd(model, state, xx, hyper):
+            for k, v in hyper.items():
+                object.__setattr__(model, k, v)
             return jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(xx, state)
 
         @eqx.filter_jit
-        def plain(model, state, xx):
-            return fwd(model, state, xx)
+        def plain(model, state, xx, hyper):
+            return fwd(model, state, xx, hyper)
 
         @eqx.filter_jit
-        def grad(model, state, xx, dy):
+        def grad(model, state, xx, dy, hyper):
             def f(wb, x):
                 m = eqx.tree_at(lambda mm: (mm.weight, mm.bias), model, wb)
-                return fwd(m, state, x)
+                return fwd(m, state, x, hyper)
             y, vjp, new = jax.vjp(f, (model.weight, model.bias), xx, has_aux=True)
             gwb, gx = vjp(dy.astype(y.dtype))
             return y, new, gwb, gx
 
         @eqx.filter_jit
-        def grad_x(model, state, xx, dy):
-            y, vjp, new = jax.vjp(lambda x: fwd(model, state, x), xx, has_aux=True)
+        def grad_x(model, state, xx, dy, hyper):
+            y, vjp, new = jax.vjp(lambda x: fwd(model, state, x, hyper), xx, has_aux=True)
             return y, new, None, vjp(dy.astype(y.dtype))[0]
         return plain, grad, grad_x
     return _cached(("equinox",), make)
@@ -303,19 +343,20 @@ class _Equinox:
         self.p, self.eqx, self.mode = params, eqx, mode
         if params["feature_axis"] != 1:
             raise Unsupported("equinox BatchNorm normalizes per example with channels first")
-        kw = {}
-        if params["eps"] != "default":
-            kw["eps"] = float(params["eps"])
-        if params["momentum"] != "default":
-            if params["momentum"] is None:
-                raise Unsupported("momentum is a float here")
-            kw["momentum"] = float(params["momentum"])
+        names, self.hyper = _hyper(params, eqx.nn.BatchNorm, "eps", "momentum")
+        # filter_jit keys on Python scalars: weakly typed scalar arrays are traced instead
+        import jax.numpy as jnp
+        self.traced_hyper = {k: jnp.asarray(v) for k, v in self.hyper.items()}
         self.aff = params["affine"] != "off"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.bn, self.state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(
-                params["num_features"], axis_name="batch", channelwise_affine=self.aff, mode=mode,
-                dtype=_param_dtype(params["dtype"]), **kw)
+        cfg = ("equinox-layer", mode, self.aff, _param_dtype(params["dtype"]), params["num_features"])
+
+        def build():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return eqx.nn.make_with_state(eqx.nn.BatchNorm)(
+                    params["num_features"], axis_name="batch", channelwise_affine=self.aff, mode=mode,
+                    dtype=cfg[3])
+        self.bn, self.state = _cached(cfg, build)
         if params["affine"] == "random":
             self.bn = eqx.tree_at(lambda m: (m.weight, m.bias), self.bn,
                                   (_arr(params["weight"], _param_dtype(params["dtype"])),
@@ -329,11 +370,11 @@ class _Equinox:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if dy is None:
-                y, new = self.plain(model, self.state, xt)
+                y, new = self.plain(model, self.state, xt, self.traced_hyper)
                 out = {}
             else:
                 fn = self.grad if self.aff else self.grad_x
-                y, new, gwb, gx = fn(model, self.state, xt, _arr(dy, self.p["dtype"]))
+                y, new, gwb, gx = fn(model, self.state, xt, _arr(dy, self.p["dtype"]), self.traced_hyper)
                 out = _grads_out(gwb, gx, (lambda g: g[0]) if self.aff else None, (lambda g: g[1]) if self.aff else None)
         if training:
             self.state = new
@@ -348,7 +389,7 @@ class _Equinox:
             return _np(mean)[0].reshape(-1), _np(var)[0].reshape(-1)
         hm, hv = self.state.get(self.bn.batch_state_index)
         count = int(np.asarray(self.state.get(self.bn.batch_counter)))
-        scale = 1.0 if count == 0 else 1.0 - float(self.bn.momentum) ** count
+        scale = 1.0 if count == 0 else 1.0 - float(self.hyper["momentum"]) ** count
         return _np(hm)[0].reshape(-1) / scale, _np(hv)[0].reshape(-1) / scale
 
     def counter(self):
@@ -380,8 +421,14 @@ def _build(cls, *a):
     return lambda params, device: _on(device, lambda: cls(params, *a))
 
 
+# XLA compiles a program per input shape (about 0.3 s for a BN forward and backward): cases
+# take their layouts from a per-run pool of this many per dtype (strategies.layout_pool).
+LAYOUT_POOL = 4
+
+
 def implementations():
-    caps = default_capabilities
+    def caps(**over):
+        return default_capabilities(layout_pool=LAYOUT_POOL, **over)
     return [
         Implementation("flax.linen.BatchNorm", "flax", caps(), _build(_Linen), versions, devices, FAMILY),
         Implementation("flax.nnx.BatchNorm", "flax", caps(), _build(_Nnx), versions, devices, FAMILY),

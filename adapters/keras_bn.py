@@ -158,7 +158,8 @@ def _build(backend):
 def implementations():
     out = []
     for backend, family in BACKEND_FAMILY.items():
-        caps = default_capabilities()
+        # on the jax backend every eager op compiles once per input shape: a finite layout pool
+        caps = default_capabilities(**({"layout_pool": 4} if backend == "jax" else {}))
         out.append(Implementation(f"keras.layers.BatchNormalization[{backend}]", "keras", caps, _build(backend),
                                   _versions(backend), _devices(backend), family))
     return out

@@ -16,6 +16,9 @@ import numpy as np
 from ._protocol import SyncImplementation, Unsupported
 
 FAMILY = "distributed"
+# XLA compiles a program per per-device shape: cases take their frames from a per-run pool
+# of this many per dtype and split kind (strategies.sync_layout_pool)
+LAYOUT_POOL = 4
 DEVICES = 8
 AXIS = "r"
 
@@ -40,21 +43,38 @@ def _cpus(R):
 
 
 # ------------------------------------------------------------------ layers, functional
+# Each layer function returns (initial params, initial state, apply(prm, state, x, mask, hyper),
+# paths). eps and momentum arrive in `hyper` as traced, weakly typed scalars (see jax_bn.py),
+# so one compiled program per per-device shape serves every value; programs are cached.
+_CACHE: dict = {}
+
+
+def _cached(key, make):
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def _init(key, make):
+    return _cached(("init",) + key, lambda: _jax().jit(make)())
+
+
 def _linen(params, axis_name):
     import flax.linen as nn
-    import jax.numpy as jnp
     dt = params["dtype"]
-    layer = nn.BatchNorm(use_running_average=False, axis=-1, momentum=float(params["momentum"]),
-                         epsilon=float(params["eps"]), axis_name=axis_name, param_dtype=dt)
     shape = [2] * params["rank"]
     shape[-1] = params["num_features"]
-    probe = nn.BatchNorm(use_running_average=False, axis=-1, param_dtype=dt)   # same variables, no collective
-    v = probe.init(_jax().random.PRNGKey(0), jnp.zeros(shape, dt))
+    import jax.numpy as jnp
+    v = _init(("linen", dt, params["num_features"]), lambda: nn.BatchNorm(use_running_average=False, axis=-1,
+                                                                          param_dtype=dt).init(
+        _jax().random.PRNGKey(0), jnp.zeros((2, params["num_features"]), dt)))   # same variables, no collective
     prm, state = dict(v["params"]), v["batch_stats"]
     if params["weight"] is not None:
-        prm = {"scale": jnp.asarray(params["weight"], dt), "bias": jnp.asarray(params["bias"], dt)}
+        prm = {"scale": np.asarray(params["weight"], dt), "bias": np.asarray(params["bias"], dt)}
 
-    def apply(prm, state, x, mask):
+    def apply(prm, state, x, mask, hyper):
+        layer = nn.BatchNorm(use_running_average=False, axis=-1, momentum=hyper["momentum"],
+                             epsilon=hyper["eps"], axis_name=axis_name, param_dtype=dt)
         kw = {} if mask is None else {"mask": mask}
         y, upd = layer.apply({"params": prm, "batch_stats": state}, x, mutable=["batch_stats"], **kw)
         return y, upd["batch_stats"]
@@ -63,21 +83,27 @@ def _linen(params, axis_name):
 
 def _nnx(params, axis_name):
     from flax import nnx
-    import jax.numpy as jnp
     dt = params["dtype"]
-    m = nnx.BatchNorm(params["num_features"], axis=-1, momentum=float(params["momentum"]),
-                      epsilon=float(params["eps"]), axis_name=axis_name, param_dtype=dt, rngs=nnx.Rngs(0))
-    if params["weight"] is not None:
-        m.scale.value = jnp.asarray(params["weight"], dt)
-        m.bias.value = jnp.asarray(params["bias"], dt)
-    graphdef, prm, state = nnx.split(m, nnx.Param, nnx.BatchStat)
 
-    def apply(prm, state, x, mask):
-        mod = nnx.merge(graphdef, prm, state, copy=True)   # fresh Variables in this trace
+    def build():
+        m = nnx.BatchNorm(params["num_features"], axis=-1, axis_name=axis_name, param_dtype=dt, rngs=nnx.Rngs(0))
+        graphdef, p_tmpl, s_tmpl = nnx.split(m, nnx.Param, nnx.BatchStat)
+        return graphdef, p_tmpl, s_tmpl
+    graphdef, p_tmpl, s_tmpl = _cached(("nnx", dt, params["num_features"], axis_name), build)
+    prm, state = p_tmpl.to_pure_dict(), s_tmpl.to_pure_dict()
+    if params["weight"] is not None:
+        prm = {"scale": np.asarray(params["weight"], dt), "bias": np.asarray(params["bias"], dt)}
+
+    def apply(prm, state, x, mask, hyper):
+        jax = _jax()
+        ps, ss = jax.tree.map(lambda a: a, p_tmpl), jax.tree.map(lambda a: a, s_tmpl)   # fresh Variables here
+        nnx.replace_by_pure_dict(ps, prm)
+        nnx.replace_by_pure_dict(ss, state)
+        mod = nnx.merge(graphdef, ps, ss)
+        mod.momentum, mod.epsilon = hyper["momentum"], hyper["eps"]   # the attributes __call__ reads
         y = mod(x, mask=mask)
-        return y, nnx.state(mod, nnx.BatchStat)
-    return (prm, state, apply, (lambda g: g["scale"].value, lambda g: g["bias"].value),
-            (lambda s: s["mean"].value, lambda s: s["var"].value))
+        return y, nnx.state(mod, nnx.BatchStat).to_pure_dict()
+    return prm, state, apply, (lambda g: g["scale"], lambda g: g["bias"]), (lambda s: s["mean"], lambda s: s["var"])
 
 
 def _haiku(params, axis_name):
@@ -85,24 +111,25 @@ def _haiku(params, axis_name):
     import jax.numpy as jnp
     dt = params["dtype"]
 
-    def body(x):
-        return hk.BatchNorm(create_scale=True, create_offset=True, decay_rate=float(params["momentum"]),
-                            eps=float(params["eps"]), cross_replica_axis=axis_name,
+    def body(x, hyper):
+        return hk.BatchNorm(create_scale=True, create_offset=True, decay_rate=hyper["momentum"],
+                            eps=hyper["eps"], cross_replica_axis=axis_name,
                             data_format="channels_last")(x, is_training=True)
     f = hk.transform_with_state(body)
     probe = hk.transform_with_state(lambda x: hk.BatchNorm(True, True, 0.9, data_format="channels_last")(
         x, is_training=True))
     shape = [2] * params["rank"]
     shape[-1] = params["num_features"]
-    prm, state = probe.init(_jax().random.PRNGKey(0), jnp.zeros(shape, dt))
+    prm, state = _init(("haiku", dt, tuple(shape)), lambda: probe.init(_jax().random.PRNGKey(0),
+                                                                       jnp.zeros(shape, dt)))
     mod = next(iter(prm))
     if params["weight"] is not None:
         shp = prm[mod]["scale"].shape
-        prm = {mod: {"scale": jnp.asarray(params["weight"], dt).reshape(shp),
-                     "offset": jnp.asarray(params["bias"], dt).reshape(shp)}}
+        prm = {mod: {"scale": np.asarray(params["weight"], dt).reshape(shp),
+                     "offset": np.asarray(params["bias"], dt).reshape(shp)}}
 
-    def apply(prm, state, x, mask):
-        y, st = f.apply(prm, state, None, x)
+    def apply(prm, state, x, mask, hyper):
+        y, st = f.apply(prm, state, None, x, hyper)
         return y, st
 
     def stat(kind):
@@ -118,13 +145,21 @@ def _step(apply):
     jax = _jax()
     import jax.numpy as jnp
 
-    def step(prm, state, x, dy, mask):
+    def step(prm, state, x, dy, mask, hyper):
         def loss(prm, x, state):   # state passed in, not closed over: nnx mutates it in this trace
-            y, new_state = apply(prm, state, x, mask)
+            y, new_state = apply(prm, state, x, mask, hyper)
             return jnp.sum(y * dy), (y, new_state)
         (_, (y, new_state)), (gp, gx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(prm, x, state)
         return y, gx, gp, new_state
     return step
+
+
+def _hyper(params):
+    return {"momentum": float(params["momentum"]), "eps": float(params["eps"])}
+
+
+def _key(layer, wrapper, params, axis_name):
+    return (layer, wrapper, params["replicas"], params["dtype"], params["num_features"], params["rank"], axis_name)
 
 
 def _answer(ys, gxs, gp_sum, stats, paths, dtype_y):
@@ -151,13 +186,11 @@ def _stacked_stats(st, paths, R):
 
 
 def _summed(gp):
-    return _jax().tree.map(lambda a: a.sum(axis=0), gp)
+    return _jax().tree.map(lambda a: np.asarray(a).sum(axis=0), gp)
 
 
 def _stack(tree, R):
-    jax = _jax()
-    import jax.numpy as jnp
-    return jax.tree.map(lambda a: jnp.stack([a] * R), tree)
+    return _jax().tree.map(lambda a: np.stack([np.asarray(a)] * R), tree)
 
 
 def _quiet(run):
@@ -177,11 +210,11 @@ def _run_pmap(layer):
         jax = _jax()
         R = params["replicas"]
         prm, state, apply, *paths = LAYERS[layer](params, AXIS)
-        devs = _cpus(R)
+        f = _cached(_key(layer, "pmap", params, AXIS),
+                    lambda: jax.pmap(_step(apply), axis_name=AXIS, devices=_cpus(R), in_axes=(0, 0, 0, 0, 0, None)))
         x, dy = np.stack(inputs["x"]), np.stack(inputs["dy"])
         mask = None if inputs["mask"] is None else np.stack(inputs["mask"])
-        f = jax.pmap(_step(apply), axis_name=AXIS, devices=devs)
-        y, gx, gp, st = f(_stack(prm, R), _stack(state, R), x, dy, mask)
+        y, gx, gp, st = f(_stack(prm, R), _stack(state, R), x, dy, mask, _hyper(params))
         return _answer(list(np.asarray(y)), list(np.asarray(gx)), _summed(gp), _stacked_stats(st, paths, R), paths,
                        str(y.dtype))
     return run
@@ -194,18 +227,22 @@ def _run_shard_map(layer):
         from jax.sharding import Mesh, PartitionSpec as P
         R = params["replicas"]
         prm, state, apply, *paths = LAYERS[layer](params, AXIS)
-        mesh = Mesh(np.array(_cpus(R)), (AXIS,))
-        step = _step(apply)
 
-        def per_shard(prm, state, x, dy, mask):
-            sq = lambda t: jax.tree.map(lambda a: a[0], t)          # noqa: E731
-            ex = lambda t: jax.tree.map(lambda a: a[None], t)       # noqa: E731
-            y, gx, gp, st = step(sq(prm), sq(state), x, dy, mask)
-            return y, gx, ex(gp), ex(st)
-        f = jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS)))
+        def make():
+            mesh = Mesh(np.array(_cpus(R)), (AXIS,))
+            step = _step(apply)
+
+            def per_shard(prm, state, x, dy, mask, hyper):
+                sq = lambda t: jax.tree.map(lambda a: a[0], t)          # noqa: E731
+                ex = lambda t: jax.tree.map(lambda a: a[None], t)       # noqa: E731
+                y, gx, gp, st = step(sq(prm), sq(state), x, dy, mask, hyper)
+                return y, gx, ex(gp), ex(st)
+            return jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=(P(AXIS),) * 5 + (P(),),
+                                         out_specs=P(AXIS)))
+        f = _cached(_key(layer, "shard_map", params, AXIS), make)
         x, dy = np.concatenate(inputs["x"]), np.concatenate(inputs["dy"])
         mask = None if inputs["mask"] is None else np.concatenate(inputs["mask"])
-        y, gx, gp, st = f(_stack(prm, R), _stack(state, R), x, dy, mask)
+        y, gx, gp, st = f(_stack(prm, R), _stack(state, R), x, dy, mask, _hyper(params))
         return _answer(_split_rows(y, inputs), _split_rows(gx, inputs), _summed(gp), _stacked_stats(st, paths, R),
                        paths, str(y.dtype))
     return run
@@ -220,7 +257,7 @@ def _run_jit(layer):
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         R = params["replicas"]
         prm, state, apply, *paths = LAYERS[layer](params, None)
-        mesh = Mesh(np.array(_cpus(R)), (AXIS,))
+        mesh = _cached(("mesh", R), lambda: Mesh(np.array(_cpus(R)), (AXIS,)))
         batch = NamedSharding(mesh, P(AXIS))
         put = lambda a: None if a is None else jax.device_put(a, batch)    # noqa: E731
         x, dy = put(np.concatenate(inputs["x"])), put(np.concatenate(inputs["dy"]))
@@ -228,7 +265,8 @@ def _run_jit(layer):
         repl = NamedSharding(mesh, P())
         prm_d = jax.device_put(prm, repl)
         state_d = jax.device_put(state, repl)
-        y, gx, gp, st = jax.jit(_step(apply))(prm_d, state_d, x, dy, mask)
+        f = _cached(_key(layer, "jit", params, None), lambda: jax.jit(_step(apply)))
+        y, gx, gp, st = f(prm_d, state_d, x, dy, mask, _hyper(params))
         mpath, vpath = paths[1]
 
         def on(arr, dev):
@@ -262,9 +300,10 @@ def implementations():
             if layer == "flax.nnx.BatchNorm" and wrapper == "pmap":
                 continue   # nnx modules are stateful objects; shard_map and jit are its data-parallel paths
             rows.append(SyncImplementation(f"{layer}[{wrapper}]", "flax",
-                                           caps(mask=True, dtypes=("float32", "float64"), default_init=False),
+                                           caps(mask=True, dtypes=("float32", "float64"), default_init=False,
+                                                layout_pool=LAYOUT_POOL),
                                            run(layer), versions, devices, FAMILY))
     rows.append(SyncImplementation("haiku.BatchNorm[pmap]", "haiku",
-                                   caps(dtypes=("float32", "float64"), default_init=False),
+                                   caps(dtypes=("float32", "float64"), default_init=False, layout_pool=LAYOUT_POOL),
                                    _run_pmap("haiku.BatchNorm"), versions, devices, FAMILY))
     return rows

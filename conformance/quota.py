@@ -17,7 +17,7 @@ from typing import Callable
 
 class QuotaScheduler:
     def __init__(self, foci: dict[str, dict], quota: int, merge: Callable[[dict, dict], dict | None],
-                 stall_after: int = 30):
+                 stall_after: int = 40):
         self.foci, self.quota, self.merge, self.stall_after = foci, quota, merge, stall_after
         self.counts = {c: 0 for c in foci}
         self.aimed = {c: 0 for c in foci}      # cases aimed at the clause
@@ -42,8 +42,8 @@ class QuotaScheduler:
             return None
         lead = short[0] if len(short) == 1 or pick(2) else short[pick(len(short))]
         focus, aim = dict(self.foci[lead]), [lead]
-        for c in short:
-            if c != lead and pick(2):
+        for c in short:   # clauses missing their aims are not merged in: they would drag the lead down with them
+            if c != lead and self.misses[c] < 10 and pick(2):
                 merged = self.merge(focus, self.foci[c])
                 if merged is not None:
                     focus, aim = merged, aim + [c]
@@ -63,4 +63,5 @@ class QuotaScheduler:
         self.last_aim = ()
 
     def summary(self) -> dict:
-        return {"quota": self.quota, "counts": dict(self.counts), "given_up": sorted(self.given_up)}
+        return {"quota": self.quota, "counts": dict(self.counts),
+                "given_up": sorted(c for c in self.given_up if self.counts[c] < self.quota)}

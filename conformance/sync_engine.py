@@ -103,9 +103,10 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
     `quota` per cross-replica clause the wrapper can be checked on; tally every outcome per
     (clause, dtype). Raises SyncUnsupported when the engine refuses outright."""
     from .quota import QuotaScheduler
-    from .strategies import merge_focus, sync_cases, sync_focus_for, sync_pinned_for
+    from .strategies import merge_focus, sync_cases, sync_focus_for, sync_layout_pool, sync_pinned_for
 
     caps = impl.capabilities
+    pool = sync_layout_pool(caps, seed, caps["layout_pool"]) if caps.get("layout_pool") else None
     max_examples = cap_for(quota, max_examples)
     scheduler = None
     if quota:
@@ -124,9 +125,9 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
 
     t0 = time.perf_counter()
     tallies, count, _, first = explore(
-        sync_cases(caps), sync_pinned_for(caps), run, max_examples=max_examples,
+        sync_cases(caps, pool=pool), sync_pinned_for(caps), run, max_examples=max_examples,
         seed=seed, progress=progress, deadline_s=deadline_s, stop=lambda: bool(refused), scheduler=scheduler,
-        aimed=aimed_strategies(lambda focus: sync_cases(caps, focus=focus)))
+        aimed=aimed_strategies(lambda focus: sync_cases(caps, focus=focus, pool=pool)))
     if refused:
         raise SyncUnsupported(refused[0])
     shrunk = {}

@@ -47,7 +47,9 @@ def _timed_impl(impl, timer):
                           impl.versions, impl.devices, impl.family)
 
 
-def split_times(impl, spec, n_cases=40, seed=0) -> dict:
+def split_times(impl, spec, quota=100, seed=0) -> dict:
+    """One in-process audit at the default quota, its time split three ways, plus the floor:
+    the framework's own call on a typical case (float32, (8, 16), one training step)."""
     fw, orc = _Timer(), _Timer()
     original = checks_mod.run_checks
 
@@ -66,60 +68,182 @@ def split_times(impl, spec, n_cases=40, seed=0) -> dict:
     engine.checks_mod.run_checks = checks_only
     try:
         res = engine.audit_implementation(_timed_impl(impl, fw), "cpu", spec, spec.profile(impl.profile),
-                                          max_examples=n_cases, seed=seed, shrink_budget=0)
+                                          seed=seed, shrink_budget=0, quota=quota)
     finally:
         engine.checks_mod.run_checks = original
     harness = max(res.seconds - fw.s - orc.s, 0.0)
     per = res.cases or 1
+    counts = (res.quota or {}).get("counts", {})
     return {"implementation": impl.name, "cases": res.cases, "total_s": round(res.seconds, 3),
+            "typical_call_ms": round(_typical_call(impl) * 1e3, 3),
             "framework_s_per_case": round(fw.s / per, 5), "oracle_s_per_case": round(orc.s / per, 5),
             "harness_s_per_case": round(harness / per, 5), "cases_per_s": round(per / res.seconds, 2),
-            "overhead_ratio": round(harness / max(fw.s + orc.s, 1e-9), 3)}
+            "overhead_ratio": round(harness / max(fw.s + orc.s, 1e-9), 3),
+            "min_cases_per_clause": min(counts.values()) if counts else None}
 
 
-def detection(max_examples=60) -> list[dict]:
+def _typical_call(impl, repeat=20) -> float:
+    """Median seconds of one training-mode forward and backward on a float32 (8, 16) batch,
+    after a warm-up call: the floor no harness can go under."""
+    import numpy as np
+    caps = impl.capabilities
+    rank = 2 if 2 in caps["ranks"] else min(caps["ranks"])
+    shape = [8] + [2] * (rank - 2) + [16]
+    fa = rank - 1 if "last" in caps["feature_axes"] else 1
+    if fa == 1:
+        shape = [8, 16] + [2] * (rank - 2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    params = {"num_features": 16, "feature_axis": fa, "rank": rank, "dtype": "float32",
+              "momentum": 0.1 if caps.get("explicit_momentum", True) else "default", "eps": 1e-5,
+              "affine": "random", "weight": np.ones(16, np.float32), "bias": np.zeros(16, np.float32),
+              "track_running_stats": True, "memory_format": "contiguous"}
+    dy = x if caps.get("grads", True) else None
+    times = []
+    for i in range(repeat + 1):
+        inst = impl.build(params, "cpu")
+        t = time.perf_counter()
+        inst.forward(x, True, dy)
+        if i:
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def detection(quota=100) -> list[dict]:
+    """Every seeded fault through the default audit (quota cases per clause): caught or not,
+    under which clause, and how many cases the first violation needed."""
     from .audit_user import audit, numpy_implementation
     from .fault_catalog import CORRECT, FAULTS, faulty
     rows = []
     for name, (desc, want) in FAULTS.items():
         impl = numpy_implementation(faulty(name), f"fault_catalog:{name}", "torch")
         t = time.perf_counter()
-        rep = audit(None, "torch", impl=impl, max_examples=max_examples, fingerprint=False, shrink_budget=0)
-        got = {v["clause"] for v in rep.violations}
-        res_first = rep.__dict__.get("first_failure")
+        res = engine.audit_implementation(impl, "cpu", _spec(), _spec().profile("torch"), seed=0, shrink_budget=0,
+                                          quota=quota)
+        got = {k[0] for k, tl in res.tallies.items() if tl.failed}
         rows.append({"fault": name, "what": desc, "expected_any_of": sorted(want), "caught": bool(got & want),
                      "caught_by": sorted(got & want), "other_clauses": sorted(got - want),
-                     "seconds": round(time.perf_counter() - t, 3), "first_failure": res_first})
+                     "seconds": round(time.perf_counter() - t, 3), "cases": res.cases,
+                     "first_violation_case": res.first_failure_case,
+                     "first_violation_s": None if res.first_failure_s is None else round(res.first_failure_s, 3)})
     for name, fn in CORRECT.items():
         impl = numpy_implementation(fn, f"correct:{name}", "torch")
-        rep = audit(None, "torch", impl=impl, max_examples=max_examples, fingerprint=False, shrink_budget=0)
+        rep = audit(None, "torch", impl=impl, quota=quota, fingerprint=False, shrink_budget=0)
         rows.append({"fault": None, "correct": name, "false_findings": [v["clause"] for v in rep.violations],
                      "cases": rep.cases})
     return rows
 
 
+def sync_detection(quota=100) -> list[dict]:
+    """The same for the simulated cross-replica faults (sync_fault_catalog)."""
+    from .sync_engine import audit_sync
+    from .sync_fault_catalog import SYNC_FAULTS, implementation
+    rows = []
+    for name, want in SYNC_FAULTS.items():
+        impl = implementation(name)
+        res = audit_sync(impl, "cpu", _spec(), _spec().profile(impl.profile), seed=0, shrink_budget=0, quota=quota)
+        got = sorted({k[0] for k, tl in res.tallies.items() if tl.failed})
+        rows.append({"fault": name, "expected": want, "caught": (want in got) if want else not got,
+                     "clauses": got, "cases": res.cases, "first_violation_case": res.first_failure_case})
+    return rows
+
+
+def _spec():
+    from .spec_loader import get_spec
+    return get_spec()
+
+
+def measure_tox(root: Path, args: list[str], interval=0.5) -> dict:
+    """Run `tox` (warm environments: run it once before) and sample the resident memory of
+    its whole process tree from /proc: wall time, the peak of the tree's summed RSS, and the
+    largest single process."""
+    import os
+    import threading
+    peak = {"tree_mb": 0.0, "process_mb": 0.0}
+
+    def tree(pid):
+        kids, out = {}, [pid]
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+                    kids.setdefault(ppid, []).append(int(d))
+                except (OSError, IndexError, ValueError):
+                    pass
+        i = 0
+        while i < len(out):
+            out.extend(kids.get(out[i], []))
+            i += 1
+        return out
+
+    def rss_mb(pid):
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["tox", *args], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            sizes = [rss_mb(p) for p in tree(proc.pid)]
+            peak["tree_mb"] = max(peak["tree_mb"], sum(sizes))
+            peak["process_mb"] = max(peak["process_mb"], max(sizes, default=0.0))
+            done.wait(interval)
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    done.set()
+    th.join()
+    return {"command": "tox " + " ".join(args), "exit_status": proc.returncode,
+            "wall_s": round(time.perf_counter() - t0, 1), "peak_tree_rss_mb": round(peak["tree_mb"]),
+            "peak_process_rss_mb": round(peak["process_mb"]), "tail": out.strip().splitlines()[-12:]}
+
+
+def one(name: str) -> dict:
+    """split_times for one implementation, in this process (the caller runs one process per
+    implementation: a Keras backend is fixed per process, and frameworks stay apart)."""
+    from .registry import find
+    impl = find(name)
+    impl.versions()
+    return split_times(impl, _spec())
+
+
 def main(args) -> int:
     from .registry import all_implementations
-    from .spec_loader import get_spec
-    spec = get_spec()
-    out: dict = {"machine": {"python": sys.version.split()[0]}, "implementations": [], "audit": {}, "faults": []}
-    n = 20 if args.quick else 60
-    print(f"{'implementation':46s} {'fw ms/case':>10s} {'oracle ms':>10s} {'harness ms':>10s} {'cases/s':>8s} "
-          f"{'overhead':>8s}")
-    for impl in all_implementations():
-        if impl.family in ("snippets", "extra"):
-            continue
-        try:
-            impl.versions()
-        except Exception as exc:
-            print(f"{impl.name:46s} not importable here: {type(exc).__name__}")
-            continue
-        row = split_times(impl, spec, n_cases=n)
-        out["implementations"].append(row)
-        print(f"{impl.name:46s} {row['framework_s_per_case'] * 1e3:10.2f} {row['oracle_s_per_case'] * 1e3:10.2f} "
-              f"{row['harness_s_per_case'] * 1e3:10.2f} {row['cases_per_s']:8.1f} {row['overhead_ratio']:8.2f}")
-    # bnconf audit on a correct function: a fresh process, wall time and peak memory
+    if args.one:
+        print(json.dumps(one(args.one)))
+        return 0
     root = Path(__file__).resolve().parent.parent
+    out: dict = {"machine": {"python": sys.version.split()[0], "cores": __import__("os").cpu_count()},
+                 "implementations": [], "audit": {}, "faults": [], "sync_faults": []}
+    if args.tox:
+        print("running `tox` (warm environments) with its process tree's memory sampled ...", flush=True)
+        out["tox"] = measure_tox(root, [])
+        t = out["tox"]
+        print(f"tox: exit {t['exit_status']}, {t['wall_s']:.0f} s wall, peak RSS {t['peak_tree_rss_mb']} MB "
+              f"(process tree), {t['peak_process_rss_mb']} MB (largest process)\n")
+    print(f"{'implementation':46s} {'call ms':>8s} {'fw ms':>7s} {'oracle ms':>9s} {'harness ms':>10s} "
+          f"{'cases':>6s} {'cases/s':>8s} {'overhead':>8s} {'min/clause':>10s}")
+    impls = [] if args.no_impls else [i for i in all_implementations()
+                                      if i.family not in ("snippets", "extra", "distributed")]
+    for impl in impls:
+        res = subprocess.run([sys.executable, "-m", "bnconf.cli", "bench", "--one", impl.name], capture_output=True,
+                             text=True)
+        try:
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            why = (res.stderr.strip().splitlines() or ["no output"])[-1][:90]
+            print(f"{impl.name:46s} not measured here: {why}")
+            continue
+        out["implementations"].append(row)
+        print(f"{impl.name:46s} {row['typical_call_ms']:8.2f} {row['framework_s_per_case'] * 1e3:7.2f} "
+              f"{row['oracle_s_per_case'] * 1e3:9.2f} {row['harness_s_per_case'] * 1e3:10.2f} {row['cases']:6d} "
+              f"{row['cases_per_s']:8.1f} {row['overhead_ratio']:8.2f} {row['min_cases_per_clause'] or 0:10d}")
     example = root / "examples" / "my_bn.py"
     if example.exists():
         # GNU time reports the audit's own peak: ru_maxrss of a child forked from this (large) process
@@ -136,23 +260,32 @@ def main(args) -> int:
         print(f"\nbnconf audit examples/my_bn.py:batch_norm --profile torch: {wall:.2f} s wall, peak RSS {peak:.0f} MB")
     from .audit_user import numpy_implementation
     from .fault_catalog import faulty
-    res = engine.audit_implementation(numpy_implementation(faulty("eps_outside_sqrt"), "f", "torch"), "cpu", spec,
-                                      spec.profile("torch"), max_examples=60, shrink_budget=0)
+    res = engine.audit_implementation(numpy_implementation(faulty("eps_outside_sqrt"), "f", "torch"), "cpu", _spec(),
+                                      _spec().profile("torch"), shrink_budget=0)
     out["audit"]["faulty_first_violation_s"] = round(res.first_failure_s or -1, 3)
     out["audit"]["faulty_first_violation_case"] = res.first_failure_case
     print(f"first violation on a faulty function (eps outside sqrt): {res.first_failure_s:.3f} s, "
           f"case {res.first_failure_case}")
-    rows = detection(max_examples=60)
+    rows = detection()
     out["faults"] = rows
     caught = [r for r in rows if r.get("fault")]
-    print(f"\nseeded faults caught by the default audit: {sum(r['caught'] for r in caught)}/{len(caught)}")
+    print(f"\nseeded faults caught by the default audit (100 cases per clause): "
+          f"{sum(r['caught'] for r in caught)}/{len(caught)}")
+    print(f"  {'':7s} {'fault':24s} {'clause':34s} {'first at case':>13s} {'cases':>6s}")
     for r in caught:
-        print(f"  {'caught' if r['caught'] else 'MISSED':7s} {r['fault']:22s} by {','.join(r['caught_by']) or '-':32s}"
-              f" {r['seconds']:.2f} s")
+        print(f"  {'caught' if r['caught'] else 'MISSED':7s} {r['fault']:24s} {','.join(r['caught_by']) or '-':34s}"
+              f" {r['first_violation_case'] or '-':>13} {r['cases']:6d}")
     for r in rows:
         if r.get("correct"):
             print(f"  correct kernel {r['correct']}: {len(r['false_findings'])} false findings "
                   f"{r['false_findings'] or ''} over {r['cases']} cases")
+    srows = sync_detection()
+    out["sync_faults"] = srows
+    print(f"\ncross-replica faults (sync_fault_catalog): {sum(r['caught'] for r in srows)}/{len(srows)} as expected")
+    for r in srows:
+        print(f"  {'ok' if r['caught'] else 'WRONG':6s} {r['fault']:22s} expected {r['expected'] or 'no finding':20s} "
+              f"got {','.join(r['clauses']) or '-':40s} first at case {r['first_violation_case'] or '-'}"
+              f" of {r['cases']}")
     report = root / "reports" / "report.json"
     if report.exists():
         rep = json.loads(report.read_text())

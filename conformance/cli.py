@@ -295,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure speed and detection power")
     p.add_argument("--json-out", default="reports/bench.json")
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--tox", action="store_true", help="also run the default `tox` audit and measure its wall time "
+                   "and peak memory (about 10 minutes; run `tox` once before so that environments are warm)")
+    p.add_argument("--no-impls", action="store_true", help="skip the per-implementation table")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_bench)
     return ap
 

@@ -284,7 +284,8 @@ class _Haiku(_Functional):
                 return f.apply(prm, state, None, xx, training, hyper)
             return jax.jit(fwd, static_argnums=4), _with_grad(jax, fwd)
         self.plain, self.grad = _cached(cfg, make)
-        self.prm, self.state = _initial(cfg + (params["rank"],), params, lambda: transformed().init(
+        # haiku creates its variables in the input's dtype: the dtype is part of the key
+        self.prm, self.state = _initial(cfg + (params["rank"], params["dtype"]), params, lambda: transformed().init(
             jax.random.PRNGKey(0), _probe_x(params), True, {"decay_rate": 0.9}))
         if params["affine"] == "random":
             mod = next(iter(self.prm))

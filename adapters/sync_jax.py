@@ -61,10 +61,8 @@ def _init(key, make):
 
 def _linen(params, axis_name):
     import flax.linen as nn
-    dt = params["dtype"]
-    shape = [2] * params["rank"]
-    shape[-1] = params["num_features"]
     import jax.numpy as jnp
+    dt = params["dtype"]
     v = _init(("linen", dt, params["num_features"]), lambda: nn.BatchNorm(use_running_average=False, axis=-1,
                                                                           param_dtype=dt).init(
         _jax().random.PRNGKey(0), jnp.zeros((2, params["num_features"]), dt)))   # same variables, no collective

@@ -226,7 +226,7 @@ def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadlin
     count = [0]
     first = [None, None]
     t0 = time.perf_counter()
-    aim: list = []
+    aim: tuple = ()
 
     def body(case):
         if (stop and stop()) or (deadline_s and time.perf_counter() - t0 > deadline_s):
@@ -243,8 +243,7 @@ def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadlin
         if progress:
             progress(count[0])
         if scheduler is not None:
-            scheduler.last_aim = tuple(aim)
-            scheduler.observe(set(per_clause))
+            scheduler.observe(set(per_clause), aim)
             if scheduler.done() or (aim and all(scheduler.counts[c] >= scheduler.quota for c in aim)):
                 raise _Enough()
 
@@ -271,8 +270,7 @@ def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadlin
         r = 0
         while going and not scheduler.done() and count[0] < max_examples:
             r += 1
-            focus = scheduler.choose(lambda n: int(rng.integers(n)))
-            aim[:] = scheduler.last_aim
+            focus, aim = scheduler.choose(lambda n: int(rng.integers(n)))
             going = one_run(aimed(focus) if focus else strategy, [],
                             min(round_size, max_examples - count[0]), seed * 1000 + r)
     return tallies, count[0], time.perf_counter() - t0, tuple(first)

@@ -23,7 +23,6 @@ class QuotaScheduler:
         self.aimed = {c: 0 for c in foci}      # cases aimed at the clause
         self.misses = {c: 0 for c in foci}     # ... in a row that did not exercise it
         self.given_up: set[str] = set()
-        self.last_aim: tuple[str, ...] = ()
 
     def deficits(self) -> list[str]:
         """Clauses under quota, largest deficit first (ties in clause-ID order: deterministic)."""
@@ -33,13 +32,12 @@ class QuotaScheduler:
     def done(self) -> bool:
         return not self.deficits()
 
-    def choose(self, pick: Callable[[int], int]) -> dict | None:
-        """The next case's focus, or None for an unaimed case. `pick(n)` returns 0..n-1 (a
-        hypothesis draw, so the schedule is part of the seeded, reproducible run)."""
+    def choose(self, pick: Callable[[int], int]) -> tuple[dict | None, tuple[str, ...]]:
+        """(focus, the clauses it aims at) for the next round; (None, ()) for an unaimed one.
+        `pick(n)` returns 0..n-1 from the run's seeded generator (reproducible schedules)."""
         short = self.deficits()
-        self.last_aim = ()
         if not short or pick(4) == 0:
-            return None
+            return None, ()
         lead = short[0] if len(short) == 1 or pick(2) else short[pick(len(short))]
         focus, aim = dict(self.foci[lead]), [lead]
         for c in short:   # clauses missing their aims are not merged in: they would drag the lead down with them
@@ -47,21 +45,20 @@ class QuotaScheduler:
                 merged = self.merge(focus, self.foci[c])
                 if merged is not None:
                     focus, aim = merged, aim + [c]
-        self.last_aim = tuple(aim)
-        return focus
+        return focus, tuple(aim)
 
-    def observe(self, exercised: set[str]) -> None:
-        """The clauses the last case exercised; updates counts and the stall bookkeeping."""
+    def observe(self, exercised: set[str], aim: tuple[str, ...] = ()) -> None:
+        """The clauses a case exercised, and those it was aimed at; updates counts and the
+        stall bookkeeping."""
         for c in exercised:
             if c in self.counts:
                 self.counts[c] += 1
-        for c in self.last_aim:
+        for c in aim:
             self.aimed[c] += 1
             self.misses[c] = 0 if c in exercised else self.misses[c] + 1
             if self.misses[c] >= self.stall_after and self.counts[c] < self.quota:
                 self.given_up.add(c)
-        self.last_aim = ()
 
     def summary(self) -> dict:
-        return {"quota": self.quota, "counts": dict(self.counts),
+        return {"quota": self.quota, "stall_after": self.stall_after, "counts": dict(self.counts),
                 "given_up": sorted(c for c in self.given_up if self.counts[c] < self.quota)}

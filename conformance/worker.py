@@ -53,7 +53,7 @@ def _stamp(out, result, **extra):
             r["quota"] = q["quota"]
             if r.get("clause") in q.get("given_up", ()):
                 r["quota_note"] = (f"{r.get('cases', 0)} cases: the scheduler aimed {q['quota']} cases at it "
-                                   f"and stopped after 40 in a row missed it")
+                                   f"and stopped after {q['stall_after']} in a row missed it")
     return out
 
 

@@ -4,6 +4,8 @@ The caller owns the running statistics (inputs `input_mean`/`input_var`); traini
 returns the updated ones, which this adapter feeds back, as an exporter's graph would.
 No autodiff: gradients are unsupported.
 """
+import os
+
 import numpy as np
 
 from ._protocol import Implementation, Unsupported, default_capabilities, np_out
@@ -64,6 +66,8 @@ class _Instance:
             if self.runtime == "onnxruntime":
                 import onnxruntime as ort
                 so = ort.SessionOptions()
+                # onnxruntime's own pool ignores OMP_NUM_THREADS; follow it (the runner sets 1 per worker)
+                so.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
                 so.log_severity_level = 3
                 sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
                 self.sessions[training] = lambda f: sess.run(None, f)

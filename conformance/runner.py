@@ -23,6 +23,21 @@ def _part_path(out: Path, name: str) -> Path:
     return out.parent / f".{out.name}.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.part"
 
 
+# TF's inter-op pool is left alone: MirroredStrategy's replicas and collectives run on it.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+
+
+def worker_env() -> dict:
+    """One compute thread per worker unless the user set their own. BN cases are small tensors,
+    and workers run side by side: with a thread pool per core in every worker, OpenMP's spin
+    waits oversubscribe the cores (measured: torch.nn.BatchNorm2d's worker took 88 s with the
+    default pool beside another worker, 6.6 s with one thread). Parallelism comes from workers."""
+    env = dict(os.environ)
+    for var in THREAD_VARS:
+        env.setdefault(var, "1")
+    return env
+
+
 def run_one(name: str, family: str, profile: str, out: Path, *, max_examples: int | None, seed: int,
             timeout_s: float, repro_dir: str, spec: str | None = None, devices: str = "all",
             quota: int | None = None, lock=None) -> dict:
@@ -40,7 +55,8 @@ def run_one(name: str, family: str, profile: str, out: Path, *, max_examples: in
     if spec:
         cmd += ["--spec", spec]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=worker_env())
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
         status, message = None, None

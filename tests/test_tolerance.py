@@ -94,3 +94,19 @@ def test_bounds_grow_with_n_kappa_and_precision(spec):
     e2 = tolerance.stats_error(m32, np.array([100.0]), np.array([1.0]), 100)[1]
     assert e2 > 50 * e1                                              # first order in kappa
     assert tolerance.rounding(2.0 ** -11, 0.0) == 2.0 ** -25         # float16 subnormal spacing
+
+
+@pytest.mark.clause("BN-FOLD", "BN-EVAL-RUNNING")
+def test_in_dtype_range_agrees_with_the_ieee_cast():
+    """An exact result past a dtype's overflow threshold is +-inf in that dtype: checked against
+    numpy's own round-to-nearest casts, around the thresholds and far from them."""
+    rng = np.random.default_rng(0)
+    for dtype, np_dtype in (("float16", np.float16), ("float32", np.float32)):
+        top = float(np.finfo(np_dtype).max)
+        v = np.concatenate([top * (1 + rng.uniform(-1e-3, 1e-3, 2000)), rng.normal(0, top, 200), [top, -top]])
+        v = np.concatenate([v, -v])
+        with np.errstate(over="ignore"):
+            want = np.isinf(v.astype(np_dtype))
+        got = np.isinf(tolerance.in_dtype_range(v, dtype))
+        assert np.array_equal(got, want), v[got != want][:5]
+    assert np.array_equal(tolerance.in_dtype_range([1e300, -1e300], "float64"), [1e300, -1e300])

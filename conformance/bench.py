@@ -232,8 +232,9 @@ def main(args) -> int:
     impls = [] if args.no_impls else [i for i in all_implementations()
                                       if i.family not in ("snippets", "extra", "distributed")]
     for impl in impls:
+        from .runner import worker_env   # the audit's own thread settings
         res = subprocess.run([sys.executable, "-m", "bnconf.cli", "bench", "--one", impl.name], capture_output=True,
-                             text=True)
+                             text=True, env=worker_env())
         try:
             row = json.loads(res.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):

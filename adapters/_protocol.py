@@ -25,7 +25,7 @@ def default_capabilities(**over):
     caps = dict(ranks=(2, 3, 4, 5), feature_axes=("first", "last"), dtypes=("float16", "bfloat16", "float32", "float64"),
                 grads=True, running_stats=True, momentum_none=False, no_running_stats=False,
                 affine_off=True, default_init=True, channels_last_memory=False, default_eps=True,
-                default_momentum=True, explicit_momentum=True, empty_batch=True)
+                default_momentum=True, explicit_momentum=True, empty_batch=True, eval_without_stats=True)
     caps.update(over)
     return caps
 

@@ -112,6 +112,8 @@ class _FunctionalInstance:
         for t in leaves:
             t.grad = None
             t.requires_grad_(dy is not None)
+        if not training and self.rm is None:
+            raise Unsupported("F.batch_norm has no eval mode without running statistics")
         y = F.batch_norm(xt, self.rm, self.rv, self.w, self.b, training=training, **_kwargs(self.params))
         out = dict(zip(("y", "y_dtype"), _to_np(y)))
         if dy is not None:
@@ -160,7 +162,10 @@ def _functional():
         if params["momentum"] is None:
             raise Unsupported("F.batch_norm takes a float momentum")
         return _FunctionalInstance(params, device)
-    caps = default_capabilities(feature_axes=("first",), no_running_stats=True, default_init=False)
+    # without running statistics F.batch_norm has no eval mode: "running_mean must be defined in
+    # evaluation mode" (a caller passes training=True)
+    caps = default_capabilities(feature_axes=("first",), no_running_stats=True, default_init=False,
+                                eval_without_stats=False)
     return Implementation("torch.nn.functional.batch_norm", "torch", caps, build, versions, devices, FAMILY)
 
 

@@ -495,7 +495,9 @@ def running_stats(ctx: Ctx):
     if cm.ok and not cv.ok:
         alt = next(v for v in FLIPS["running_variance"] if v != p.running_variance)
         _, cv2 = _running_cmp(ctx, p.with_convention(running_variance=alt), ctx.momentum)
-        out.append(Outcome(m_clause, True, cm))
+        # the running mean alone confirms the momentum (and the default one): it does not depend
+        # on the variance convention that failed
+        out += [Outcome(c, True, cm) for c in [m_clause] + extra]
         if cv2 is not None and cv2.ok and cv.ratio > 2:   # marginal failures are no evidence (rounding)
             return out + [Outcome(v_clause, False, cv, f"matches running_variance={alt}", {"running_variance": alt})]
         return out + [numeric_attribution(ctx, v_clause, lambda m: _running_cmp(ctx, p, ctx.momentum, m)[1], cv)]

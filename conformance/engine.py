@@ -28,7 +28,7 @@ def cap_for(quota: int | None, max_examples: int | None) -> int:
 REQUIRES = {
     "BN-GRAD-TRAIN": "grads",
     "BN-MOMENTUM-CUMULATIVE": "momentum_none", "BN-NUM-BATCHES-TRACKED": "momentum_none",
-    "BN-EVAL-BATCH": "no_running_stats", "BN-AFFINE-OFF": "affine_off",
+    "BN-EVAL-BATCH": ("no_running_stats", "eval_without_stats"), "BN-AFFINE-OFF": "affine_off",
     "BN-DEFAULT-EPS": "default_eps", "BN-DEFAULT-MOMENTUM": "default_momentum",
     "BN-INIT": ("default_init", "running_stats"), "BN-EMPTY-BATCH": "empty_batch",
     "BN-DTYPE-ACCUM": "low_precision", "BN-DTYPE-F64": "float64",
@@ -48,6 +48,8 @@ def capability_ok(caps: dict, need) -> bool:
         return bool({"float16", "bfloat16"} & set(caps["dtypes"]))
     if need == "float64":
         return "float64" in caps["dtypes"]
+    if need == "eval_without_stats":   # an API may require running statistics in eval (F.batch_norm)
+        return bool(caps.get("eval_without_stats", True))
     if need == "no_running_stats":
         return bool(caps.get("no_running_stats", False) or not caps.get("running_stats", True))
     if need == "eval_mode":

@@ -371,9 +371,9 @@ def _attribute_y(ctx, base, kappa, covered):
     case = ctx.case
     for fld in ("eps_placement", "normalize_variance", "reduction") if base.ratio > 2 else ():
         for alt in (v for v in FLIPS[fld] if v != ctx.profile.conventions[fld]):
+            alt_profile = ctx.profile.with_convention(**{fld: alt})
             with np.errstate(all="ignore"):
-                alt_profile = ctx.profile.with_convention(**{fld: alt})
-            cmp = _y_train_cmp(ctx, alt_profile, ctx.model, ctx.eps)
+                cmp = _y_train_cmp(ctx, alt_profile, ctx.model, ctx.eps)
             clause = ctx.clause_for(fld)
             if cmp is not None and cmp.ok and clause and _distinguishable(ctx, alt_profile) \
                     and _holds_centred(ctx, clause, base.key):

@@ -83,10 +83,10 @@ def _channel_index(case: Case, c) -> tuple:
     return tuple(idx)
 
 
-def materialize(case: Case) -> dict[str, np.ndarray]:
-    """Deterministic arrays for a case: x_train_0..steps-1, x_eval, dy_train, dy_eval,
-    and weight/bias when the case sets them."""
-    rng = np.random.default_rng(case.seed)
+def channel_moments(rng, case) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) of a case's data, shaped to broadcast along its feature axis:
+    std ~ 10^log_scale, |mean|/std up to kappa, and one channel exactly at kappa (shared by
+    single-device and cross-replica cases; the draw order is part of the seed's meaning)."""
     C = case.num_features
     shape_c = [1] * case.rank
     shape_c[case.feature_axis] = C
@@ -95,7 +95,21 @@ def materialize(case: Case) -> dict[str, np.ndarray]:
     if C:
         kap[rng.integers(C)] = case.kappa      # the worst channel reaches kappa exactly
     mean = kap * std * rng.choice([-1.0, 1.0], C)
-    std_b, mean_b = std.reshape(shape_c), mean.reshape(shape_c)
+    return mean.reshape(shape_c), std.reshape(shape_c)
+
+
+def affine_params(rng, C: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Random gamma (|gamma| in [0.25, 2], either sign) and beta, in the case's dtype."""
+    return (cast(rng.uniform(0.25, 2.0, C) * rng.choice([-1.0, 1.0], C), dtype),
+            cast(rng.normal(0.0, 1.0, C), dtype))
+
+
+def materialize(case: Case) -> dict[str, np.ndarray]:
+    """Deterministic arrays for a case: x_train_0..steps-1, x_eval, dy_train, dy_eval,
+    and weight/bias when the case sets them."""
+    rng = np.random.default_rng(case.seed)
+    C = case.num_features
+    mean_b, std_b = channel_moments(rng, case)
 
     arrays: dict[str, np.ndarray] = {}
 
@@ -108,9 +122,7 @@ def materialize(case: Case) -> dict[str, np.ndarray]:
     arrays["dy_train"] = cast(rng.standard_normal(case.shape), case.dtype)
     arrays["dy_eval"] = cast(rng.standard_normal(case.shape), case.dtype)
     if case.affine == "random":
-        wdt = "float64" if case.dtype == "float64" else case.dtype
-        arrays["weight"] = cast(rng.uniform(0.25, 2.0, C) * rng.choice([-1.0, 1.0], C), wdt)
-        arrays["bias"] = cast(rng.normal(0.0, 1.0, C), wdt)
+        arrays["weight"], arrays["bias"] = affine_params(rng, C, case.dtype)
     if case.special != "none" and C and case.shape[0] > 0:
         c = case.special_channel % C
         for k in range(case.steps):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .case import cast
+from .case import affine_params, cast, channel_moments
 
 PAD_VALUE_SCALE = 1e3   # padding is drawn around +-1e3 std: any leak moves the statistics
 
@@ -88,14 +88,7 @@ def materialize(case: SyncCase) -> dict:
     and weight/bias when the case sets them. Masked rows get dy = 0, so the summed loss is
     the loss of the real rows alone."""
     rng = np.random.default_rng(case.seed)
-    C = case.num_features
-    shape_c = [1] * case.rank
-    shape_c[case.feature_axis] = C
-    std = (10.0 ** case.log_scale) * rng.uniform(0.5, 2.0, C)
-    kap = case.kappa * rng.uniform(0.5, 1.0, C)
-    kap[rng.integers(C)] = case.kappa
-    mean = (kap * std * rng.choice([-1.0, 1.0], C)).reshape(shape_c)
-    std = std.reshape(shape_c)
+    mean, std = channel_moments(rng, case)
     xs, dys, masks, reals, real_x, real_dy = [], [], [], [], [], []
     for n_real, n_rows in zip(case.counts, case.rows):
         shape = (n_rows,) + tuple(case.inner)
@@ -116,6 +109,5 @@ def materialize(case: SyncCase) -> dict:
     out = {"x": xs, "dy": dys, "mask": masks, "real": reals,
            "x_global": np.concatenate(real_x, axis=0), "dy_global": np.concatenate(real_dy, axis=0)}
     if case.affine == "random":
-        out["weight"] = cast(rng.uniform(0.25, 2.0, C) * rng.choice([-1.0, 1.0], C), case.dtype)
-        out["bias"] = cast(rng.normal(0.0, 1.0, C), case.dtype)
+        out["weight"], out["bias"] = affine_params(rng, case.num_features, case.dtype)
     return out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import oracle, tolerance
+from .case import channel_kappa
 from .checks import Outcome, _worst
 from .sync_case import SyncCase
 from .tolerance import compare
@@ -145,9 +146,7 @@ def _measured_kappa(ctx) -> float:
     x = np.concatenate(ctx.xs, axis=0)
     if x.shape[0] == 0:
         return 0.0
-    axes = oracle.reduce_axes(x.ndim, ctx.fa)
-    with np.errstate(all="ignore"):
-        k = np.abs(x.mean(axis=axes)) / x.std(axis=axes)
+    k = channel_kappa(x, ctx.fa)
     k = k[np.isfinite(k)]
     return float(k.max()) if k.size else 0.0
 

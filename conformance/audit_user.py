@@ -184,7 +184,7 @@ def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path
     import time
 
     from . import repro
-    from .engine import REQUIRES, audit_implementation, capability_ok, run_case
+    from .engine import REQUIRES, audit_implementation, missing_capability, run_case
     from .fingerprint import fingerprint as measure
     from .spec_loader import get_spec
 
@@ -202,8 +202,9 @@ def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path
         if clause.planned:
             continue
         need = REQUIRES.get(clause.id)
-        if need and not capability_ok(impl.capabilities, need):
-            rep.not_exercised.append({"clause": clause.id, "reason": f"the protocol has no {need!r}"})
+        lacking = need and missing_capability(impl.capabilities, need)
+        if lacking:
+            rep.not_exercised.append({"clause": clause.id, "reason": f"the protocol has no {lacking!r}"})
             continue
         tallies = by_clause.get(clause.id, [])
         failing = [(d, t) for d, t in tallies if t.failed]

@@ -39,6 +39,11 @@ REQUIRES = {
 }
 
 
+def missing_capability(caps: dict, need) -> str | None:
+    """The first capability of `need` (one name or a tuple) that the implementation lacks."""
+    return next((n for n in (need if isinstance(need, tuple) else (need,)) if not capability_ok(caps, n)), None)
+
+
 def capability_ok(caps: dict, need) -> bool:
     """need: one capability, or a tuple of them that are all needed (BN-INIT judges the initial
     running statistics: without them only a failing output could show it, never a pass)."""

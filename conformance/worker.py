@@ -13,7 +13,7 @@ from pathlib import Path
 from . import known as known_mod
 from . import records as rec_mod
 from . import repro
-from .engine import DEFAULT_QUOTA, REQUIRES, audit_implementation, capability_ok, run_case
+from .engine import DEFAULT_QUOTA, REQUIRES, audit_implementation, missing_capability, run_case
 from .spec_loader import get_spec
 
 
@@ -105,9 +105,10 @@ def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_di
                                              clause.id, "not_run", f"planned: {clause.planned}"))
             continue
         need = REQUIRES.get(clause.id)
-        if need and not capability_ok(impl.capabilities, need):
+        lacking = need and missing_capability(impl.capabilities, need)
+        if lacking:
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
-                                             clause.id, "unsupported", f"the implementation lacks capability {need!r}"))
+                                             clause.id, "unsupported", f"the implementation lacks capability {lacking!r}"))
             continue
         out += _tally_records(impl, device, versions, seed, result, clause.id, dtypes,
                               lambda case, outcome, clause=clause: repro.write(

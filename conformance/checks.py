@@ -9,6 +9,7 @@ quantity's own clause. Checks never raise on bad implementation output.
 """
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,6 +38,7 @@ class Outcome:
     comparison: Comparison | None = None
     note: str = ""
     measured: dict = field(default_factory=dict)
+    error: str | None = None    # bnconf's own failure (a check crashed): the traceback; never the implementation's
 
 
 @dataclass
@@ -116,6 +118,19 @@ def _worst(cmps):
 def _failed_call(ctx, clause):
     err = ctx.trace.get("error")
     return Outcome(clause, False, note=f"{err['type']} in {err['phase']}: {err['message']}")
+
+
+def _relation_raised(ctx, clause, names):
+    """A relation or post-eval call the implementation raised on is its failure on a valid
+    input, judged under the clause that made the call (not a silent 'not run')."""
+    for name in names:
+        err = ctx.trace.get(f"extra/{name}/error")
+        if err is None and str((ctx.trace.get("error") or {}).get("phase", "")).startswith(f"post/{name}"):
+            err = ctx.trace["error"]
+        if err is not None and not err["unsupported"]:
+            return Outcome(clause, False, note=f"{err['type']} on the {name} input ({err['phase']}): "
+                                               f"{err['message'][:300]}")
+    return None
 
 
 def _masked(a, mask):
@@ -477,7 +492,7 @@ def running_stats(ctx: Ctx):
     p, case = ctx.profile, ctx.case
     if p.momentum_form == "none" or not case.track_running_stats or not _trainable_case(ctx):
         return []
-    if "error" in ctx.trace and not ctx.trace["error"]["phase"].startswith("eval"):
+    if "error" in ctx.trace and ctx.trace["error"]["phase"].startswith(("build", "train")):
         return []
     if "train_0/running_mean" not in ctx.trace:
         return [Outcome(ctx.clause_for("momentum_form"), False, note="no running statistics were reported "
@@ -819,6 +834,9 @@ def axes_relation(ctx: Ctx):
     """BN-AXES without any convention: permuting positions along the reduced axes permutes
     the output, and changing one channel leaves the other channels' outputs alone."""
     t, case = ctx.trace, ctx.case
+    raised = _relation_raised(ctx, "BN-AXES", ("perm", "chan"))
+    if raised is not None:
+        return [raised]
     if "extra/perm/y" not in t or "train_0/y" not in t or not ctx.standard_forward():
         return []
     x = ctx.arrays["x_train_0"]
@@ -859,6 +877,9 @@ def axes_relation(ctx: Ctx):
 @check("shift_invariance", emits=("BN-SHIFT-INVARIANCE",))
 def shift_invariance(ctx: Ctx):
     t = ctx.trace
+    raised = _relation_raised(ctx, "BN-SHIFT-INVARIANCE", ("shift",))
+    if raised is not None:
+        return [raised]
     if "extra/shift/y" not in t or "train_0/y" not in t or not ctx.standard_forward():
         return []
     x = ctx.arrays["x_train_0"]
@@ -882,6 +903,9 @@ def shift_invariance(ctx: Ctx):
 @check("scale_invariance", emits=("BN-SCALE-INVARIANCE",))
 def scale_invariance(ctx: Ctx):
     t = ctx.trace
+    raised = _relation_raised(ctx, "BN-SCALE-INVARIANCE", ("scale",))
+    if raised is not None:
+        return [raised]
     if "extra/scale/y" not in t or "train_0/y" not in t or not ctx.standard_forward():
         return []
     x = ctx.arrays["x_train_0"]
@@ -914,7 +938,12 @@ def fold(ctx: Ctx):
     """BN-FOLD: the eval map is the per-feature affine map a x + b with a and b folded from
     the reported statistics; checked on 2x and 0, where a non-affine map shows."""
     t = ctx.trace
-    if "post/double/y" not in t or "post/zero/y" not in t or not _eval_tracked(ctx):
+    if not _eval_tracked(ctx):
+        return []
+    raised = _relation_raised(ctx, "BN-FOLD", ("double", "zero"))
+    if raised is not None:
+        return [raised]
+    if "post/double/y" not in t or "post/zero/y" not in t:
         return []
     rm, rv = _stats_before_eval(ctx)
     if rm is None:
@@ -972,11 +1001,10 @@ def run_checks(ctx: Ctx) -> list[Outcome]:
         seen.add(fn)
         try:
             res = fn(ctx)
-        except Exception as exc:  # a bug in a check must not hide the others; it is reported
-            res = [Outcome(c, False, note=f"check {fn.__name__} crashed: {type(exc).__name__}: {exc}")
-                   for c in EMITS.get(fn.__name__, ())[:1]]
-            for o in res:
-                o.measured["internal_error"] = True
+        except Exception as exc:  # a bug in a check must not hide the others: every clause it judges is an error
+            tb = traceback.format_exc()
+            res = [Outcome(c, False, note=f"check {fn.__name__} crashed: {type(exc).__name__}: {exc}", error=tb)
+                   for c in EMITS.get(fn.__name__, ())]
         out.extend(o for o in res if o.clause in ctx.applicable)
         measured = {k: v for o in res if not o.ok for k, v in o.measured.items() if k in ctx.profile.conventions}
         if measured:

@@ -111,10 +111,20 @@ class ClauseTally:
     failing_case: Case | None = None
     measured: dict = field(default_factory=dict)  # convention -> {value: count}
     samples: list = field(default_factory=list)   # (kappa, ratio) per case, for the accuracy plots
+    errors: int = 0                     # cases on which bnconf itself failed to judge the clause
+    error: Outcome | None = None        # the first of them (its traceback)
+    error_case: Case | None = None
 
     def add(self, outcomes: list, case: Case):
-        """One case's outcomes for this clause: the case counts once, failed if any failed."""
+        """One case's outcomes for this clause: the case counts once, failed if any failed;
+        a case bnconf could not judge (a check crashed) is an error, never a pass or a fail."""
         self.cases += 1
+        crashed = next((o for o in outcomes if o.error), None)
+        if crashed is not None:
+            self.errors += 1
+            if self.error is None:
+                self.error, self.error_case = crashed, case
+            return
         for o in outcomes:
             if o.comparison is not None and len(self.samples) < 400:
                 r = o.comparison.ratio
@@ -169,7 +179,7 @@ def shrink(impl, case: Case, clause: str, device, spec, profile, applicable, bud
             outs, _, _ = evaluate(impl, c, device, spec, profile, applicable)
         except Exception:
             return None
-        return next((o for o in outs if o.clause == clause and not o.ok), None)
+        return next((o for o in outs if o.clause == clause and not o.ok and not o.error), None)
     return greedy_shrink(case, _candidates if pool is None else _pool_candidates(pool), fails, budget)
 
 
@@ -227,6 +237,25 @@ class AuditResult:
     first_failure_s: float | None = None         # seconds until the first failing outcome
     first_failure_case: int | None = None        # how many cases it took
     quota: dict | None = None                    # the scheduler's counts and given-up clauses
+    sequence: str = ""                           # sha256 of the generated cases, in order
+
+
+def seal_generator() -> None:
+    """Make hypothesis draw from the seed alone. Hypothesis (6.13x on) mixes into its draws,
+    with probability 0.05 per choice, constants it reads from the source of every "local"
+    module imported so far (the user's BN file, bnconf itself in an editable install), and
+    caches them in ./.hypothesis/constants: the cases of a seed would then depend on the
+    checkout, on what was imported before and on that cache. bnconf's strategies already aim
+    at the values that matter (KAPPAS, EPS_VALUES, the degenerate shapes), so the pool is
+    emptied. Private API: where a hypothesis version lacks it, there is nothing to seal."""
+    try:
+        from hypothesis.internal.conjecture import providers
+        from hypothesis.internal.constants_ast import Constants
+    except ImportError:
+        return
+    if hasattr(providers, "_get_local_constants"):
+        empty = Constants()
+        providers._get_local_constants = lambda: empty
 
 
 class _Enough(BaseException):
@@ -239,7 +268,8 @@ def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadlin
     """Run `run(case) -> outcomes` on the pinned cases, then on cases drawn from `strategy`
     (hypothesis, seeded, no example database); tally every outcome per (clause, dtype), a
     case counting once per clause. Returns (tallies, cases run, seconds, (seconds to the
-    first failure, its case number)).
+    first failure, its case number), sha256 of the cases in the order they ran): two runs of
+    one seed must give the same digest whatever the implementation returned.
 
     With a scheduler (quota.py) the run goes on in rounds of `round_size` cases, each a
     seeded hypothesis run of `aimed(focus)` at the clauses short of their quota (a strategy
@@ -248,28 +278,33 @@ def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadlin
     from hypothesis import HealthCheck, Phase, example, given, settings
     from hypothesis import seed as hseed
 
+    import hashlib
+    import json
+    seal_generator()
     tallies: dict = {}
     count = [0]
     first = [None, None]
+    digest = hashlib.sha256()
     t0 = time.perf_counter()
     aim: tuple = ()
 
     def body(case):
         if (stop and stop()) or (deadline_s and time.perf_counter() - t0 > deadline_s):
             raise _Enough()
+        digest.update(json.dumps(case.to_json(), sort_keys=True).encode() + b"\n")
         outs = run(case)
         count[0] += 1
         per_clause: dict = {}
         for o in outs:
             per_clause.setdefault(o.clause, []).append(o)
-            if not o.ok and first[0] is None:
+            if not o.ok and not o.error and first[0] is None:
                 first[0], first[1] = time.perf_counter() - t0, count[0]
         for clause, group in per_clause.items():
             tallies.setdefault((clause, case.dtype), ClauseTally()).add(group, case)
         if progress:
             progress(count[0])
         if scheduler is not None:
-            scheduler.observe(set(per_clause), aim)
+            scheduler.observe(case, aim)
             if scheduler.done() or (aim and all(scheduler.counts[c] >= scheduler.quota for c in aim)):
                 raise _Enough()
 
@@ -299,7 +334,7 @@ def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadlin
             focus, aim = scheduler.choose(lambda n: int(rng.integers(n)))
             going = one_run(aimed(focus) if focus else strategy, [],
                             min(round_size, max_examples - count[0]), seed * 1000 + r)
-    return tallies, count[0], time.perf_counter() - t0, tuple(first)
+    return tallies, count[0], time.perf_counter() - t0, tuple(first), digest.hexdigest()
 
 
 def aimed_strategies(make):
@@ -323,7 +358,7 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed
     cases blindly."""
     max_examples = cap_for(quota, max_examples)
     from .quota import QuotaScheduler
-    from .strategies import cases, focus_for, layout_pool, merge_focus, pinned_for
+    from .strategies import cases, focus_for, layout_pool, meets, merge_focus, pinned_for
 
     caps = impl.capabilities
     applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
@@ -333,9 +368,9 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed
     if quota:
         foci = {cid: focus_for(cid) for cid in sorted(applicable)
                 if cid not in REQUIRES or capability_ok(caps, REQUIRES[cid])}
-        scheduler = QuotaScheduler(foci, quota, merge_focus)
+        scheduler = QuotaScheduler(foci, quota, merge_focus, meets)
     t0 = time.perf_counter()
-    tallies, count, _, first = explore(
+    tallies, count, _, first, sequence = explore(
         cases(caps, pool=pool), pinned_for(caps),
         lambda case: evaluate(impl, case, device, spec, profile, applicable)[0],
         max_examples=max_examples, seed=seed, progress=progress, deadline_s=deadline_s, scheduler=scheduler,
@@ -346,4 +381,4 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed
             shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, applicable, shrink_budget,
                                  pool=pool)
     return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1],
-                       scheduler.summary() if scheduler else None)
+                       scheduler.summary() if scheduler else None, sequence)

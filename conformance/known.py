@@ -90,11 +90,11 @@ def apply_known(records: list[dict], entries: list[dict], impl_name: str, device
     audit. A dtype where a sampled deviation happens not to show stays a plain `pass`."""
     extra = []
     for e in entries:
-        matched = [r for r in records if _matches(e, r) and r["status"] in ("fail", "pass", "known")]
+        matched = [r for r in records if _matches(e, r) and r["status"] in ("fail", "warn", "pass", "known")]
         note = {"reason": e["reason"], "link": e["link"], "where": e["_where"]}
-        if any(r["status"] in ("fail", "known") for r in matched):
+        if any(r["status"] in ("fail", "warn", "known") for r in matched):
             for r in matched:
-                if r["status"] == "fail":
+                if r["status"] in ("fail", "warn"):
                     r["status"], r["known"] = "known", note
             continue
         devs = e.get("devices")

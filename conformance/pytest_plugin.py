@@ -21,6 +21,8 @@ def pytest_addoption(parser):
     g.addoption("--bnconf-max-examples", type=int, default=None, help="cap on all cases per implementation")
     g.addoption("--bnconf-jobs", type=int, default=None, help="implementations audited side by side")
     g.addoption("--bnconf-seed", type=int, default=0)
+    g.addoption("--bnconf-strict", action="store_true", default=False,
+                help="a SHOULD clause not met fails its item (default: a warning)")
     g.addoption("--bnconf-timeout", type=float, default=900.0, help="seconds per implementation process")
 
 

@@ -3,7 +3,9 @@
 An audit promises at least `quota` generated cases per clause per implementation. Drawn
 blindly, rare conditions (an empty batch, a constant channel, float64, momentum=None) get a
 few cases each while the common clauses get hundreds. The scheduler counts, per clause,
-the cases that exercised it, and picks the next case's focus (the conditions a clause
+the cases whose traits meet the clause's focus (`meets(focus, case)`: the case alone, never
+what the implementation returned, so that case i of a seed is the same case for a correct
+and a faulty kernel and on every machine), and picks the next case's focus (the conditions a clause
 needs, see strategies.FOCUS) from the clauses with the largest deficit, merged at random
 with other compatible deficits so that one case serves several clauses. A quarter of the
 cases stay unaimed (the plain distribution, whose mixtures nobody planned). A clause aimed
@@ -17,8 +19,8 @@ from typing import Callable
 
 class QuotaScheduler:
     def __init__(self, foci: dict[str, dict], quota: int, merge: Callable[[dict, dict], dict | None],
-                 stall_after: int = 40):
-        self.foci, self.quota, self.merge, self.stall_after = foci, quota, merge, stall_after
+                 meets: Callable[[dict, object], bool], stall_after: int = 40):
+        self.foci, self.quota, self.merge, self.meets, self.stall_after = foci, quota, merge, meets, stall_after
         self.counts = {c: 0 for c in foci}
         self.aimed = {c: 0 for c in foci}      # cases aimed at the clause
         self.misses = {c: 0 for c in foci}     # ... in a row that did not exercise it
@@ -47,12 +49,12 @@ class QuotaScheduler:
                     focus, aim = merged, aim + [c]
         return focus, tuple(aim)
 
-    def observe(self, exercised: set[str], aim: tuple[str, ...] = ()) -> None:
-        """The clauses a case exercised, and those it was aimed at; updates counts and the
-        stall bookkeeping."""
+    def observe(self, case, aim: tuple[str, ...] = ()) -> None:
+        """A generated case and the clauses it was aimed at; updates counts and the stall
+        bookkeeping."""
+        exercised = {c for c, focus in self.foci.items() if self.meets(focus, case)}
         for c in exercised:
-            if c in self.counts:
-                self.counts[c] += 1
+            self.counts[c] += 1
         for c in aim:
             self.aimed[c] += 1
             self.misses[c] = 0 if c in exercised else self.misses[c] + 1

@@ -1,9 +1,11 @@
 """Result records: one JSON line per (implementation, device, dtype, clause).
 
 A record is the unit everything downstream reads (report, fingerprint, pytest items).
-Statuses: pass, fail, known (a listed deviation, still run and measured), unexpected_pass
+Statuses: pass, fail (a MUST clause violated), warn (a SHOULD clause not met: shown, fails
+only a --strict audit), known (a listed deviation, still run and measured), unexpected_pass
 (a listed deviation that passed), unsupported (the implementation cannot be asked; with
-the reason), error (the harness could not get a result; with the message), not_run.
+the capability), error (bnconf or the harness could not judge: with the traceback), not_run
+(with the reason).
 """
 from __future__ import annotations
 
@@ -13,16 +15,25 @@ import tempfile
 from pathlib import Path
 
 BAD = ("fail", "unexpected_pass", "error")
+STRICT_BAD = BAD + ("warn",)
 
 
-def tally_record(impl, device, versions, dtype, clause, tally, shrunk, seed, repro_path) -> dict:
+def violation_status(level: str) -> str:
+    """A MUST clause not met fails; a SHOULD clause warns."""
+    return "fail" if level == "MUST" else "warn"
+
+
+def tally_record(impl, device, versions, dtype, clause, tally, shrunk, seed, repro_path, level="MUST") -> dict:
     case, outcome = shrunk if shrunk and shrunk[1] is not None else (tally.failing_case, tally.failing)
     show = outcome if tally.failed else tally.worst
+    if tally.errors:
+        show, case = tally.error, tally.error_case
     cmp = show.comparison.to_json() if show is not None and show.comparison is not None else None
+    status = "error" if tally.errors else violation_status(level) if tally.failed else "pass"
     rec = {
         "implementation": impl.name, "family": impl.family, "profile": impl.profile,
-        "versions": versions, "device": device, "dtype": dtype, "clause": clause,
-        "status": "fail" if tally.failed else "pass",
+        "versions": versions, "device": device, "dtype": dtype, "clause": clause, "level": level,
+        "status": status,
         "cases": tally.cases, "passed": tally.passed, "failed": tally.failed,
         "measured": cmp["measured"] if cmp else None, "allowed": cmp["allowed"] if cmp else None,
         "ratio": cmp["ratio"] if cmp else None, "comparison": cmp,
@@ -31,7 +42,11 @@ def tally_record(impl, device, versions, dtype, clause, tally, shrunk, seed, rep
         "seed": seed,
         "samples": [[k, round(r, 6)] for k, r in tally.samples],
     }
-    if tally.failed:
+    if tally.errors:
+        rec["errors"] = tally.errors
+        rec["traceback"] = tally.error.error
+        rec["case"] = case.to_json()
+    elif tally.failed:
         rec["case"] = case.to_json()
         rec["reproducer"] = repro_path
     return rec

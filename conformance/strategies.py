@@ -93,8 +93,11 @@ def layout_pool(caps: dict, seed: int, per_dtype: int) -> list[tuple]:
 
 
 # What a case must look like to exercise a clause (the checks' own conditions, see
-# checks.py): the scheduler (quota.py) aims cases at the clauses short of their quota.
-# Values are the allowed options per field; a clause not listed needs an ordinary case.
+# checks.py): the scheduler (quota.py) aims cases at the clauses short of their quota, and
+# counts a case for a clause when the case's traits meet its focus (`meets`), never by
+# what the implementation returned: the case sequence of a seed is then the same whatever
+# the outcomes, on every machine. Values are the allowed options per trait; a clause not
+# listed needs an ordinary case.
 ORDINARY = {"shape": ("normal",), "special": ("none",)}
 TRACKED = dict(ORDINARY, track=(True,))          # running statistics exist to be checked
 FOCUS = {
@@ -111,6 +114,7 @@ FOCUS = {
     "BN-EVAL-BATCH": dict(ORDINARY, track=(False,)),
     "BN-DTYPE-F64": dict(ORDINARY, dtype=("float64",)),
     "BN-DTYPE-ACCUM": dict(ORDINARY, dtype=("float16", "bfloat16")),
+    "BN-VAR-STABLE": dict(ORDINARY, kappa=("high",)),          # |mean|/std >= ill_conditioned_kappa
     **{c: TRACKED for c in ("BN-INIT", "BN-FOLD", "BN-EVAL-RUNNING", "BN-EVAL-NO-UPDATE", "BN-NUM-BATCHES-TRACKED",
                             "BN-MOMENTUM-BATCH-WEIGHT", "BN-MOMENTUM-OLD-WEIGHT", "BN-MOMENTUM-DEBIASED",
                             "BN-RUNVAR-UNBIASED", "BN-RUNVAR-BIASED")},
@@ -119,6 +123,26 @@ FOCUS = {
 
 def focus_for(clause: str) -> dict:
     return FOCUS.get(clause, ORDINARY)
+
+
+# |mean|/std from which a case is ill-conditioned (spec tolerance.ill_conditioned_kappa,
+# BN-VAR-STABLE); KAPPAS below it are "low".
+HIGH_KAPPA = 10.0
+
+
+def case_traits(case: Case) -> dict:
+    """The traits a focus is written in, read off the case alone (no outcome)."""
+    mom = "default" if case.momentum == DEFAULT else ("none" if case.momentum is None else "value")
+    return {"shape": _shape_kind(case.shape, case.feature_axis), "special": case.special, "affine": case.affine,
+            "eps": "default" if case.eps == DEFAULT else "value", "momentum": mom,
+            "track": case.track_running_stats, "dtype": case.dtype,
+            "kappa": "high" if case.kappa >= HIGH_KAPPA else "low"}
+
+
+def meets(focus: dict, case) -> bool:
+    """Whether a case has every trait the focus asks for (single-device or cross-replica)."""
+    traits = sync_case_traits(case) if hasattr(case, "counts") else case_traits(case)
+    return all(traits.get(k) in v for k, v in focus.items())
 
 
 def merge_focus(a: dict, b: dict) -> dict | None:
@@ -179,7 +203,10 @@ def cases(draw, caps: dict, dtypes=None, focus=None, pool=None):
     if draw(st.sampled_from(_options(eps_opts, focus, "eps")), label="eps") == "value":
         eps = draw(st.sampled_from(EPS_VALUES) | st.floats(1e-6, 0.1), label="eps value")
     log_scale = draw(st.sampled_from(LOG_SCALES), label="log10 scale")
-    kappa = draw(st.sampled_from(KAPPAS), label="|mean|/std")
+    kappas = KAPPAS
+    if focus.get("kappa"):
+        kappas = tuple(k for k in KAPPAS if ("high" if k >= HIGH_KAPPA else "low") in focus["kappa"]) or KAPPAS
+    kappa = draw(st.sampled_from(kappas), label="|mean|/std")
     limit = DTYPE_MAX_ABS[dtype]
     if dtype == "float16":
         log_scale = min(max(log_scale, -2.0), 1.0)
@@ -362,6 +389,10 @@ SYNC_FOCUS = {"BN-SYNC-GLOBAL": {"split": ("even",)}, "BN-SYNC-WEIGHTED": {"spli
 
 def sync_focus_for(clause: str) -> dict:
     return SYNC_FOCUS.get(clause, {})
+
+
+def sync_case_traits(case) -> dict:
+    return {"split": "uneven" if len(set(case.counts)) > 1 else "even", "dtype": case.dtype}
 
 
 # Pinned cross-replica probes (hypothesis @example), adapted by `sync_pinned_for`.

@@ -305,16 +305,43 @@ SYNC_EMITS = {"sync_forward": ("BN-SYNC-GLOBAL", "BN-SYNC-WEIGHTED", "BN-SYNC-LO
               "sync_consistent": ("BN-SYNC-CONSISTENT",), "sync_grads": ("BN-SYNC-GRAD", "BN-SYNC-WEIGHTED")}
 
 
+def malformed(ctx: SyncCtx) -> str | None:
+    """What is wrong with the shape of the adapter's answer, or None: a malformed answer is the
+    implementation's failure, while a check that crashes on a well-formed one is bnconf's."""
+    if ctx.result.get("error"):
+        return None
+    reps = ctx.result.get("replicas")
+    if not isinstance(reps, (list, tuple)) or len(reps) != ctx.case.replicas:
+        return f"expected {ctx.case.replicas} per-replica results, got {type(reps).__name__}"
+    C = ctx.case.num_features
+    for r, rep in enumerate(reps):
+        if not isinstance(rep, dict) or rep.get("y") is None:
+            return f"replica {r}: no output y"
+        for key in ("running_mean", "running_var"):
+            if rep.get(key) is not None and np.size(rep[key]) != C:
+                return f"replica {r}: {key} has {np.size(rep[key])} values for {C} features"
+    return None
+
+
+def _clause_of(ctx, check) -> str:
+    return ctx.forward_clause if check is sync_forward else (
+        "BN-SYNC-CONSISTENT" if check is sync_consistent else "BN-SYNC-GRAD")
+
+
 def run_sync_checks(ctx: SyncCtx) -> list[Outcome]:
+    import traceback
     import warnings
     out = []
+    bad = malformed(ctx)
+    if bad:
+        return [Outcome(_clause_of(ctx, check), False, None, f"malformed result: {bad}") for check in SYNC_CHECKS]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for check in SYNC_CHECKS:
             try:
                 out.extend(check(ctx))
-            except Exception as exc:  # a malformed answer is the implementation's failure
-                out.append(Outcome(ctx.forward_clause if check is sync_forward else
-                                   ("BN-SYNC-CONSISTENT" if check is sync_consistent else "BN-SYNC-GRAD"),
-                                   False, None, f"malformed result: {type(exc).__name__}: {exc}"))
+            except Exception as exc:  # bnconf's own failure on a well-formed answer: an error, with its traceback
+                out.append(Outcome(_clause_of(ctx, check), False, None,
+                                   f"check {check.__name__} crashed: {type(exc).__name__}: {exc}",
+                                   error=traceback.format_exc()))
     return out

@@ -103,7 +103,7 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
     `quota` per cross-replica clause the wrapper can be checked on; tally every outcome per
     (clause, dtype). Raises SyncUnsupported when the engine refuses outright."""
     from .quota import QuotaScheduler
-    from .strategies import merge_focus, sync_cases, sync_focus_for, sync_layout_pool, sync_pinned_for
+    from .strategies import meets, merge_focus, sync_cases, sync_focus_for, sync_layout_pool, sync_pinned_for
 
     caps = impl.capabilities
     pool = sync_layout_pool(caps, seed, caps["layout_pool"]) if caps.get("layout_pool") else None
@@ -112,7 +112,7 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
     if quota:
         foci = {c.id: sync_focus_for(c.id) for c in spec.clauses_for(profile, scope="data_parallel")
                 if c.id not in SYNC_REQUIRES or caps.get(SYNC_REQUIRES[c.id], False)}
-        scheduler = QuotaScheduler(foci, quota, merge_focus)
+        scheduler = QuotaScheduler(foci, quota, merge_focus, meets)
 
     refused = []
 
@@ -124,7 +124,7 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
             return []
 
     t0 = time.perf_counter()
-    tallies, count, _, first = explore(
+    tallies, count, _, first, sequence = explore(
         sync_cases(caps, pool=pool), sync_pinned_for(caps), run, max_examples=max_examples,
         seed=seed, progress=progress, deadline_s=deadline_s, stop=lambda: bool(refused), scheduler=scheduler,
         aimed=aimed_strategies(lambda focus: sync_cases(caps, focus=focus, pool=pool)))
@@ -135,7 +135,7 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
         if t.failed and t.failing_case is not None and shrink_budget > 0:
             shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, shrink_budget)
     return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1],
-                       scheduler.summary() if scheduler else None)
+                       scheduler.summary() if scheduler else None, sequence)
 
 
 # ---------------------------------------------------------------- reproducers

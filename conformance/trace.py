@@ -13,8 +13,10 @@ def _err(phase, exc):
             "unsupported": type(exc).__name__ == "Unsupported"}
 
 
-def _snapshot(params):
-    return {k: params[k].copy() for k in ("weight", "bias") if params.get(k) is not None}
+def _copies(params):
+    """Every call gets its own arrays (BN-PURE): an implementation that writes into what it was
+    given must not change the arrays every later check computes its oracle from."""
+    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in params.items()}
 
 
 def _stats(inst, out, prefix):
@@ -27,17 +29,19 @@ def _stats(inst, out, prefix):
         out[prefix + "counter"] = int(c)
 
 
-def _forward(inst, x, training, dy, out, prefix, params, snap):
-    before = x.copy()
-    r = inst.forward(x, training, dy)
+def _forward(inst, x, training, dy, out, prefix, params, given):
+    """params: the case's own arrays; given: the copies the implementation was built with."""
+    passed = x.copy()
+    r = inst.forward(passed, training, None if dy is None else dy.copy())
     out[prefix + "y"] = np.asarray(r["y"])
     out[prefix + "y_dtype"] = r.get("y_dtype", str(np.asarray(r["y"]).dtype))
     for g in ("dx", "dweight", "dbias"):
         if r.get(g) is not None:
             out[prefix + g] = np.asarray(r[g], np.float64)
-    mutated = not np.array_equal(before, x, equal_nan=True) or bool(r.get("mutated"))
-    for k, v in snap.items():
-        mutated = mutated or not np.array_equal(v, params[k], equal_nan=True)
+    mutated = not np.array_equal(passed, x, equal_nan=True) or bool(r.get("mutated"))
+    for k in ("weight", "bias"):
+        if isinstance(params.get(k), np.ndarray):
+            mutated = mutated or not np.array_equal(given[k], params[k], equal_nan=True)
     out[prefix + "mutated"] = bool(mutated)
 
 
@@ -49,33 +53,34 @@ def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), p
     relation checks (permuted, shifted, scaled inputs); each gets its own prefix.
     """
     out = {}
-    snap = _snapshot(params)
+    given = _copies(params)
     phase = "build"
     try:
-        inst = impl.build(params, device)
+        inst = impl.build(given, device)
         _stats(inst, out, "init/")
         for k in range(steps):
             phase = f"train_{k}"
             dy = arrays["dy_train"] if (grads and k == 0) else None
-            _forward(inst, arrays[f"x_train_{k}"], True, dy, out, phase + "/", params, snap)
+            _forward(inst, arrays[f"x_train_{k}"], True, dy, out, phase + "/", params, given)
             _stats(inst, out, phase + "/")
         phase = "eval"
-        _forward(inst, arrays["x_eval"], False, arrays["dy_eval"] if grads else None, out, "eval/", params, snap)
+        _forward(inst, arrays["x_eval"], False, arrays["dy_eval"] if grads else None, out, "eval/", params, given)
         _stats(inst, out, "eval/")
         for name, x in post:  # more eval calls on the same instance (BN-FOLD)
             phase = f"post/{name}"
-            out[phase + "/y"] = np.asarray(inst.forward(x, False, None)["y"])
+            out[phase + "/y"] = np.asarray(inst.forward(x.copy(), False, None)["y"])
     except Exception as exc:  # the implementation's failure is data, never our crash
         out["error"] = _err(phase, exc)
-        if not (phase == "eval" and out["error"]["unsupported"]):  # no eval mode: the relations still run
+        # the relations still run after a post-eval call raised, and when there is no eval mode
+        if not (phase.startswith("post/") or (phase == "eval" and out["error"]["unsupported"])):
             return out
     for name, mode, x, p in extra:
         try:
-            fresh = impl.build(p if p is not None else params, device)
+            fresh = impl.build(_copies(p if p is not None else params), device)
             if mode == "eval_after_train":
-                fresh.forward(arrays["x_train_0"], True, None)
+                fresh.forward(arrays["x_train_0"].copy(), True, None)
                 mode = "eval"
-            r = fresh.forward(x, mode == "train", None)
+            r = fresh.forward(x.copy(), mode == "train", None)
             out[f"extra/{name}/y"] = np.asarray(r["y"])
         except Exception as exc:
             out[f"extra/{name}/error"] = _err(f"extra/{name}", exc)

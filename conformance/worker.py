@@ -21,7 +21,7 @@ def gpu_kinds(devices: list[str]) -> list[str]:
     return [d for d in devices if d != "cpu"]
 
 
-def _tally_records(impl, device, versions, seed, result, cid, dtypes, write_repro, not_run=True) -> list[dict]:
+def _tally_records(impl, device, versions, seed, result, cid, dtypes, write_repro, level, not_run=True) -> list[dict]:
     """One record per dtype of one clause: its tally (with a reproducer when it failed), or
     not_run when no case exercised it."""
     out = []
@@ -35,20 +35,20 @@ def _tally_records(impl, device, versions, seed, result, cid, dtypes, write_repr
             continue
         path = None
         shr = result.shrunk.get((cid, dtype))
-        if t.failed:
+        if t.failed and not t.errors:
             case, outcome = shr if shr and shr[1] is not None else (t.failing_case, t.failing)
             try:
                 path = write_repro(case, outcome)
             except Exception as exc:  # the finding stands even if its reproducer could not be saved
                 path = f"(reproducer not written: {type(exc).__name__}: {exc})"
-        out.append(rec_mod.tally_record(impl, device, versions, dtype, cid, t, shr, seed, path))
+        out.append(rec_mod.tally_record(impl, device, versions, dtype, cid, t, shr, seed, path, level))
     return out
 
 
 def _stamp(out, result, **extra):
     q = result.quota or {}
     for r in out:
-        r.update(elapsed_s=round(result.seconds, 3), total_cases=result.cases, **extra)
+        r.update(elapsed_s=round(result.seconds, 3), total_cases=result.cases, case_sequence=result.sequence, **extra)
         if q:
             r["quota"] = q["quota"]
             if r.get("clause") in q.get("given_up", ()):
@@ -71,7 +71,10 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
     except sync_engine.SyncUnsupported as exc:
         return [rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", c.id,
                                       "unsupported", f"the engine refuses it: {exc}") for c in clauses]
-    ids = [c.id for c in clauses] + sorted({k[0] for k in result.tallies} - {c.id for c in clauses})
+    # the single-device clauses a cross-replica finding can be attributed to always get a record:
+    # the pytest items plan them before any case runs
+    ids = [c.id for c in clauses] + sorted(({k[0] for k in result.tallies} | set(sync_engine.ATTRIBUTED))
+                                           - {c.id for c in clauses})
     out = []
     for cid in ids:
         need = sync_engine.SYNC_REQUIRES.get(cid)
@@ -82,7 +85,8 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
         out += _tally_records(impl, device, versions, seed, result, cid, impl.capabilities["dtypes"],
                               lambda case, outcome, cid=cid: sync_engine.write_reproducer(
                                   repro_dir, impl, device, cid, case, outcome),
-                              not_run=cid in sync_engine.SYNC_REQUIRES)
+                              spec.clauses[cid].level,
+                              not_run=cid in sync_engine.SYNC_REQUIRES or cid in sync_engine.ATTRIBUTED)
     _stamp(out, result, scope="data_parallel")
     entries = known_mod.load_known(impl.name, spec, known_dir)
     return known_mod.apply_known(out, entries, impl.name, device)
@@ -112,7 +116,7 @@ def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_di
             continue
         out += _tally_records(impl, device, versions, seed, result, clause.id, dtypes,
                               lambda case, outcome, clause=clause: repro.write(
-                                  Path(repro_dir), impl, device, clause, case, outcome, run_case))
+                                  Path(repro_dir), impl, device, clause, case, outcome, run_case), clause.level)
     _stamp(out, result)
     entries = known_mod.load_known(impl.name, spec, known_dir)
     return known_mod.apply_known(out, entries, impl.name, device)

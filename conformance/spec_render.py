@@ -4,6 +4,7 @@ up to date by the tests."""
 from __future__ import annotations
 
 from .spec_loader import Spec
+from .tolerance import VALID_U_KAPPA
 
 
 def anchor(cid: str) -> str:
@@ -38,7 +39,7 @@ def render(spec: Spec) -> str:
     for c in spec.clauses.values():
         L.append(f"| [{c.id}](#{anchor(c.id)}) | " + " | ".join(
             "yes" if c.applies_to(p) else "" for p in spec.profiles.values()) + " |")
-    L += ["", "## The tolerance model", "", TOLERANCE_TEXT.format(**spec.tolerance), "", "## Clauses", ""]
+    L += ["", "## The tolerance model", "", TOLERANCE_TEXT.format(valid_u_kappa=VALID_U_KAPPA, **spec.tolerance), "", "## Clauses", ""]
     for c in spec.clauses.values():
         L.append(f'<a id="{anchor(c.id)}"></a>')
         L.append(f"### {c.id}: {c.title}")
@@ -82,6 +83,13 @@ achieve. The one-pass `E[x^2] - E[x]^2` has error of about `(g+2) u_c kappa^2 si
 float32 it leaves the model at |mean|/std of about 100 and above (BN-VAR-STABLE). Measured
 on this model: float32 two-pass and Welford kernels stay at or below 0.2 of the bound for
 kappa up to 1e4, and one-pass exceeds it 1.7 to 3.4 times at kappa = 100 (tests/test_tolerance.py).
+
+Validity range: the bounds are first order, so they hold where `u_c kappa <= {valid_u_kappa}` (the
+second-order terms are then below 1% of the first-order ones), with at least two values per
+channel and magnitudes inside the dtype's range. Generated cases stay inside it (kappa <= 1e4,
+`u_c kappa <= 6e-4` in float32), and the shifted input of BN-SHIFT-INVARIANCE is shifted per
+channel by a multiple of that channel's own std, its |mean|/std capped at `{valid_u_kappa} / u` of
+the input dtype. Outside this range a bound is no evidence either way, and no case is judged there.
 
 A deviation is attributed, not widened away: if flipping one convention of the profile
 makes the oracle match, the finding names that convention's clause; if only a lower

@@ -30,6 +30,7 @@ class Case:
     track_running_stats: bool = True
     memory_format: str = "contiguous"   # or "channels_last" (a physical layout only)
     grads: bool = True
+    centred: bool = False           # the same data with each channel's sample mean removed (evidence)
 
     @property
     def num_features(self) -> int:
@@ -51,6 +52,7 @@ class Case:
     @classmethod
     def from_json(cls, d: dict) -> "Case":
         d = dict(d)
+        d.setdefault("centred", False)   # cases pinned before the field existed
         d["shape"] = tuple(d["shape"])
         return cls(**d)
 
@@ -113,8 +115,13 @@ def materialize(case: Case) -> dict[str, np.ndarray]:
 
     arrays: dict[str, np.ndarray] = {}
 
+    axes = tuple(a for a in range(case.rank) if a != case.feature_axis)
+
     def batch() -> np.ndarray:
-        return cast(mean_b + std_b * rng.standard_normal(case.shape), case.dtype)
+        x = mean_b + std_b * rng.standard_normal(case.shape)
+        if case.centred and x.size:
+            x = x - x.mean(axis=axes, keepdims=True)
+        return cast(x, case.dtype)
 
     for k in range(case.steps):
         arrays[f"x_train_{k}"] = batch()
@@ -127,8 +134,8 @@ def materialize(case: Case) -> dict[str, np.ndarray]:
         c = case.special_channel % C
         for k in range(case.steps):
             x = arrays[f"x_train_{k}"]
-            if case.special == "constant":
-                x[_channel_index(case, c)] = x[_channel_index(case, c)].flat[0]
+            if case.special == "constant":   # its designed mean: kappa = 0 centres it at exactly 0
+                x[_channel_index(case, c)] = cast(mean_b.reshape(-1)[c: c + 1], case.dtype)[0]
             elif case.special in ("nan", "inf") and k == 0:
                 sub = x[_channel_index(case, c)]
                 sub.flat[rng.integers(sub.size)] = np.nan if case.special == "nan" else np.inf

@@ -24,24 +24,9 @@ def cap_for(quota: int | None, max_examples: int | None) -> int:
     return max_examples if max_examples else CAP_PER_QUOTA * (quota or DEFAULT_QUOTA)
 
 
-# Which capability a clause needs to be exercised at all (else: unsupported, with reason).
-REQUIRES = {
-    "BN-GRAD-TRAIN": "grads",
-    "BN-MOMENTUM-CUMULATIVE": "momentum_none", "BN-NUM-BATCHES-TRACKED": "momentum_none",
-    "BN-EVAL-BATCH": ("no_running_stats", "eval_without_stats"), "BN-AFFINE-OFF": "affine_off",
-    "BN-DEFAULT-EPS": "default_eps", "BN-DEFAULT-MOMENTUM": "default_momentum",
-    "BN-INIT": ("default_init", "running_stats"), "BN-EMPTY-BATCH": "empty_batch",
-    "BN-DTYPE-ACCUM": "low_precision", "BN-DTYPE-F64": "float64",
-    "BN-MOMENTUM-BATCH-WEIGHT": "running_stats", "BN-MOMENTUM-OLD-WEIGHT": "running_stats",
-    "BN-MOMENTUM-DEBIASED": "running_stats", "BN-RUNVAR-UNBIASED": "running_stats",
-    "BN-RUNVAR-BIASED": "running_stats", "BN-EVAL-RUNNING": "running_stats", "BN-EVAL-NO-UPDATE": "running_stats",
-    "BN-FOLD": "running_stats", "BN-GRAD-EVAL": "eval_mode",
-}
-
-
-def missing_capability(caps: dict, need) -> str | None:
-    """The first capability of `need` (one name or a tuple) that the implementation lacks."""
-    return next((n for n in (need if isinstance(need, tuple) else (need,)) if not capability_ok(caps, n)), None)
+def missing_capability(caps: dict, needs) -> str | None:
+    """The first of a clause's `needs` (spec/batchnorm.yaml) that the implementation lacks."""
+    return next((n for n in needs if not capability_ok(caps, n)), None)
 
 
 def capability_ok(caps: dict, need) -> bool:
@@ -111,11 +96,14 @@ class ClauseTally:
     failing_case: Case | None = None
     measured: dict = field(default_factory=dict)  # convention -> {value: count}
     samples: list = field(default_factory=list)   # (kappa, ratio) per case, for the accuracy plots
+    kinds: dict = field(default_factory=dict)     # deviation kind -> [failed cases, the smallest of them]
+    failed_at: set = field(default_factory=set)   # numbers of the cases that failed (root causes: blocking.py)
+    fail_measured: dict = field(default_factory=dict)   # conventions the failures measured, first value each
     errors: int = 0                     # cases on which bnconf itself failed to judge the clause
     error: Outcome | None = None        # the first of them (its traceback)
     error_case: Case | None = None
 
-    def add(self, outcomes: list, case: Case):
+    def add(self, outcomes: list, case: Case, index: int = 0):
         """One case's outcomes for this clause: the case counts once, failed if any failed;
         a case bnconf could not judge (a check crashed) is an error, never a pass or a fail."""
         self.cases += 1
@@ -133,6 +121,14 @@ class ClauseTally:
                 self.measured.setdefault(k, {}).setdefault(repr(v), 0)
                 self.measured[k][repr(v)] += 1
         bad = next((o for o in outcomes if not o.ok), None)
+        if bad is not None:
+            self.failed_at.add(index)
+            for key, value in bad.measured.items():
+                self.fail_measured.setdefault(key, value)
+            k = self.kinds.setdefault(bad.kind, [0, case])
+            k[0] += 1
+            if _size(case) < _size(k[1]):
+                k[1] = case
         if bad is None:
             self.passed += 1
             for o in outcomes:
@@ -238,6 +234,7 @@ class AuditResult:
     first_failure_case: int | None = None        # how many cases it took
     quota: dict | None = None                    # the scheduler's counts and given-up clauses
     sequence: str = ""                           # sha256 of the generated cases, in order
+    blocked: dict = field(default_factory=dict)  # (clause, dtype) -> the root clauses whose failure explains it
 
 
 def seal_generator() -> None:
@@ -300,7 +297,7 @@ def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadlin
             if not o.ok and not o.error and first[0] is None:
                 first[0], first[1] = time.perf_counter() - t0, count[0]
         for clause, group in per_clause.items():
-            tallies.setdefault((clause, case.dtype), ClauseTally()).add(group, case)
+            tallies.setdefault((clause, case.dtype), ClauseTally()).add(group, case, count[0])
         if progress:
             progress(count[0])
         if scheduler is not None:
@@ -358,7 +355,7 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed
     cases blindly."""
     max_examples = cap_for(quota, max_examples)
     from .quota import QuotaScheduler
-    from .strategies import cases, focus_for, layout_pool, meets, merge_focus, pinned_for
+    from .strategies import cases, layout_pool, meets, merge_focus, pinned_for
 
     caps = impl.capabilities
     applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
@@ -366,8 +363,8 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed
     pool = layout_pool(caps, seed, caps["layout_pool"]) if caps.get("layout_pool") else None
     scheduler = None
     if quota:
-        foci = {cid: focus_for(cid) for cid in sorted(applicable)
-                if cid not in REQUIRES or capability_ok(caps, REQUIRES[cid])}
+        foci = {cid: spec.clauses[cid].focus for cid in sorted(applicable)
+                if not missing_capability(caps, spec.clauses[cid].needs)}
         scheduler = QuotaScheduler(foci, quota, merge_focus, meets)
     t0 = time.perf_counter()
     tallies, count, _, first, sequence = explore(
@@ -375,10 +372,13 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed
         lambda case: evaluate(impl, case, device, spec, profile, applicable)[0],
         max_examples=max_examples, seed=seed, progress=progress, deadline_s=deadline_s, scheduler=scheduler,
         aimed=aimed_strategies(lambda focus: cases(caps, focus=focus, pool=pool)))
+    from .blocking import find_blocked
+    blocked = find_blocked(tallies, spec, profile,
+                           lambda case, variant: evaluate(impl, case, device, spec, variant, applicable)[0])
     shrunk = {}
     for key, t in tallies.items():
-        if t.failed and t.failing_case is not None and shrink_budget > 0:
+        if t.failed and t.failing_case is not None and shrink_budget > 0 and key not in blocked:
             shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, applicable, shrink_budget,
                                  pool=pool)
     return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1],
-                       scheduler.summary() if scheduler else None, sequence)
+                       scheduler.summary() if scheduler else None, sequence, blocked)

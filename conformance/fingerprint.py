@@ -137,7 +137,7 @@ def _probe_eps(impl, dt, shape, fa, with_default):
     if y is not None:
         d, v, yy = _centred_and_unscaled(arrays, y, fa)
         errs = {}
-        for placement in ("inside_sqrt", "outside_sqrt", "minus_inside_sqrt"):
+        for placement in ("inside_sqrt", "outside_sqrt", "minus_inside_sqrt", "absent"):
             with np.errstate(all="ignore"):
                 errs[placement] = np.nanmax(np.abs(yy - oracle.normalize(d, 0.0, v, 1e-2, None, None, fa, placement)))
         best = min(errs, key=errs.get)

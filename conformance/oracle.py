@@ -40,6 +40,8 @@ def normalize(x, mean, var, eps, weight, bias, feature_axis, eps_placement="insi
         x_hat = (x - mean) / np.sqrt(var + eps)
     elif eps_placement == "outside_sqrt":
         x_hat = (x - mean) / (np.sqrt(var) + eps)
+    elif eps_placement == "absent":   # only for attributing a deviation (eps ignored), never a profile's
+        x_hat = (x - mean) / np.sqrt(var)
     else:  # minus_inside_sqrt: only for attributing a deviation, never a conforming profile
         x_hat = (x - mean) / np.sqrt(var - eps)
     g = 1.0 if weight is None else _per_feature(weight, x.ndim, feature_axis)
@@ -71,6 +73,8 @@ def update_running(state, batch_mean, batch_var, n, momentum, profile):
     step += 1
     if profile.running_variance == "unbiased":
         batch_var = batch_var * n / (n - 1) if n > 1 else batch_var * np.nan
+    elif profile.running_variance == "std":   # attribution only: a running std where the variance belongs
+        batch_var = np.sqrt(batch_var)
     w = momentum_weight(profile, momentum, step)
     if profile.momentum_form == "debiased_ema" and not (momentum is None and profile.cumulative_when_momentum_none):
         h_mean = (1 - w) * h_mean + w * batch_mean          # BN-MOMENTUM-DEBIASED

@@ -71,9 +71,15 @@ def _run(config) -> list[dict]:
         rep = audit(target, prof, kind=config.getoption("bnconf_kind"), max_examples=n,
                     quota=config.getoption("bnconf_cases_per_clause") or 100,
                     seed=config.getoption("bnconf_seed"), fingerprint=False)
-        for v in rep.violations:
-            records.append({"implementation": target, "clause": v["clause"], "status": "fail", "device": "cpu",
-                            "dtype": "*", "note": v["message"], "case": v["example"], "seed": config.getoption("bnconf_seed")})
+        seed = config.getoption("bnconf_seed")
+        for status, found in (("fail", rep.violations), ("warn", rep.warnings), ("error", rep.errors)):
+            for v in found:
+                records.append({"implementation": target, "clause": v["clause"], "status": status, "device": "cpu",
+                                "dtype": "*", "note": v["message"], "case": v["example"], "seed": seed,
+                                "traceback": v.get("traceback")})
+        for b in rep.blocked:
+            records.append({"implementation": target, "clause": b["clause"], "status": "blocked", "device": "cpu",
+                            "dtype": "*", "blocked_by": b["blocked_by"], "note": ""})
         for p in rep.passed:
             records.append({"implementation": target, "clause": p["clause"], "status": "pass"})
         for x in rep.not_exercised:

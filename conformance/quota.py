@@ -6,7 +6,7 @@ few cases each while the common clauses get hundreds. The scheduler counts, per 
 the cases whose traits meet the clause's focus (`meets(focus, case)`: the case alone, never
 what the implementation returned, so that case i of a seed is the same case for a correct
 and a faulty kernel and on every machine), and picks the next case's focus (the conditions a clause
-needs, see strategies.FOCUS) from the clauses with the largest deficit, merged at random
+needs, its `focus` in the spec) from the clauses with the largest deficit, merged at random
 with other compatible deficits so that one case serves several clauses. A quarter of the
 cases stay unaimed (the plain distribution, whose mixtures nobody planned). A clause aimed
 at `stall_after` times in a row without being exercised is given up: the report then shows

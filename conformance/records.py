@@ -2,7 +2,8 @@
 
 A record is the unit everything downstream reads (report, fingerprint, pytest items).
 Statuses: pass, fail (a MUST clause violated), warn (a SHOULD clause not met: shown, fails
-only a --strict audit), known (a listed deviation, still run and measured), unexpected_pass
+only a --strict audit), blocked (fails only because a clause it depends on fails: shown with
+`blocked_by`, not a finding of its own), known (a listed deviation, still run and measured), unexpected_pass
 (a listed deviation that passed), unsupported (the implementation cannot be asked; with
 the capability), error (bnconf or the harness could not judge: with the traceback), not_run
 (with the reason).
@@ -23,13 +24,15 @@ def violation_status(level: str) -> str:
     return "fail" if level == "MUST" else "warn"
 
 
-def tally_record(impl, device, versions, dtype, clause, tally, shrunk, seed, repro_path, level="MUST") -> dict:
+def tally_record(impl, device, versions, dtype, clause, tally, shrunk, seed, repro_path, level="MUST",
+                 blocked_by=()) -> dict:
     case, outcome = shrunk if shrunk and shrunk[1] is not None else (tally.failing_case, tally.failing)
     show = outcome if tally.failed else tally.worst
     if tally.errors:
         show, case = tally.error, tally.error_case
     cmp = show.comparison.to_json() if show is not None and show.comparison is not None else None
-    status = "error" if tally.errors else violation_status(level) if tally.failed else "pass"
+    status = "error" if tally.errors else ("blocked" if blocked_by else violation_status(level)) if tally.failed \
+        else "pass"
     rec = {
         "implementation": impl.name, "family": impl.family, "profile": impl.profile,
         "versions": versions, "device": device, "dtype": dtype, "clause": clause, "level": level,
@@ -47,8 +50,11 @@ def tally_record(impl, device, versions, dtype, clause, tally, shrunk, seed, rep
         rec["traceback"] = tally.error.error
         rec["case"] = case.to_json()
     elif tally.failed:
+        if blocked_by:
+            rec["blocked_by"] = list(blocked_by)
         rec["case"] = case.to_json()
         rec["reproducer"] = repro_path
+        rec["kinds"] = {k: {"cases": n, "case": c.to_json()} for k, (n, c) in sorted(tally.kinds.items())}
     return rec
 
 

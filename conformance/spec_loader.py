@@ -40,6 +40,9 @@ class Clause:
     planned: str | None = None
     withdrawn: bool = False
     scope: str = "single"   # "data_parallel": the cross-replica clauses, audited by sync_engine
+    needs: tuple[str, ...] = ()          # capabilities without which the clause is unsupported
+    focus: dict[str, tuple] = field(default_factory=dict)   # case traits that exercise it
+    depends_on: tuple[str, ...] = ()     # clauses whose deviation can make this one fail (blocked)
 
 
     def applies_to(self, profile: "Profile") -> bool:
@@ -199,10 +202,46 @@ def load_spec(path: str | Path | None = None) -> Spec:
             equation=c["equation"], modes=tuple(c["modes"]), check=c["check"],
             sources=tuple(c["sources"]), pins=dict(c.get("pins") or {}),
             planned=c.get("planned"), withdrawn=bool(c.get("withdrawn", False)),
-            scope=c.get("scope", "single"))
+            scope=c.get("scope", "single"), needs=tuple(c.get("needs") or ()),
+            focus={k: tuple(v) for k, v in (c.get("focus") or {}).items()},
+            depends_on=tuple(c.get("depends_on") or ()))
+        for k in clauses[c["id"]].focus:
+            if k not in FOCUS_TRAITS:
+                raise SpecError(path, _line(root, ["clauses", i, "focus", k]), f"clauses/{i}/focus/{k}",
+                                f"unknown case trait {k!r}; known: {sorted(FOCUS_TRAITS)}")
         lines[c["id"]] = where or 0
+    _check_dependencies(path, root, data, clauses)
     return Spec(str(path), data["spec_version"], conventions, profiles, dict(data["tolerance"]),
                 clauses, lines)
+
+
+# the traits a focus can name (strategies.case_traits, strategies.sync_case_traits)
+FOCUS_TRAITS = {"shape", "special", "affine", "eps", "momentum", "track", "dtype", "kappa", "split"}
+
+
+def _check_dependencies(path, root, data, clauses) -> None:
+    """Every depends_on names a clause, and the graph has no cycle (a cycle would let two
+    clauses each excuse the other's failure)."""
+    for i, c in enumerate(data["clauses"]):
+        for j, dep in enumerate(c.get("depends_on") or ()):
+            if dep not in clauses:
+                raise SpecError(path, _line(root, ["clauses", i, "depends_on", j]), f"clauses/{i}/depends_on/{j}",
+                                f"unknown clause ID {dep!r}")
+    state: dict[str, int] = {}
+
+    def visit(cid, trail):
+        if state.get(cid) == 2:
+            return
+        if state.get(cid) == 1:
+            i = next(k for k, c in enumerate(data["clauses"]) if c["id"] == cid)
+            raise SpecError(path, _line(root, ["clauses", i, "depends_on"]), f"clauses/{i}/depends_on",
+                            "dependency cycle: " + " -> ".join(trail + [cid]))
+        state[cid] = 1
+        for dep in clauses[cid].depends_on:
+            visit(dep, trail + [cid])
+        state[cid] = 2
+    for cid in clauses:
+        visit(cid, [])
 
 
 _CACHE: dict[str, Spec] = {}

@@ -86,7 +86,9 @@ kappa up to 1e4, and one-pass exceeds it 1.7 to 3.4 times at kappa = 100 (tests/
 
 Validity range: the bounds are first order, so they hold where `u_c kappa <= {valid_u_kappa}` (the
 second-order terms are then below 1% of the first-order ones), with at least two values per
-channel and magnitudes inside the dtype's range. Generated cases stay inside it (kappa <= 1e4,
+channel and magnitudes inside the dtype's range. In a channel of identical values (a constant
+channel) rounding errors of a sum all have one sign, so there the mean's bound grows as `n + 2`,
+the worst case of a sequential sum, instead of `g(n)`. Generated cases stay inside it (kappa <= 1e4,
 `u_c kappa <= 6e-4` in float32), and the shifted input of BN-SHIFT-INVARIANCE is shifted per
 channel by a multiple of that channel's own std, its |mean|/std capped at `{valid_u_kappa} / u` of
 the input dtype. Outside this range a bound is no evidence either way, and no case is judged there.

@@ -78,7 +78,7 @@ def layout_pool(caps: dict, seed: int, per_dtype: int) -> list[tuple]:
     the run takes its layout from here, so compiled programs are reused and the time goes
     to cases, not to the compiler. Each dtype gets `per_dtype` ordinary layouts (float32
     twice as many), one with a single value per channel and one empty batch, so every
-    focus (see FOCUS) can be met. A different seed gives a different pool."""
+    focus (spec/batchnorm.yaml) can be met. A different seed gives a different pool."""
     rng = np.random.default_rng([seed, 0xB0])
     pick = lambda opts, label: opts[int(rng.integers(len(opts)))]  # noqa: E731
     out = []
@@ -92,37 +92,22 @@ def layout_pool(caps: dict, seed: int, per_dtype: int) -> list[tuple]:
     return out
 
 
-# What a case must look like to exercise a clause (the checks' own conditions, see
-# checks.py): the scheduler (quota.py) aims cases at the clauses short of their quota, and
-# counts a case for a clause when the case's traits meet its focus (`meets`), never by
-# what the implementation returned: the case sequence of a seed is then the same whatever
-# the outcomes, on every machine. Values are the allowed options per trait; a clause not
-# listed needs an ordinary case.
-ORDINARY = {"shape": ("normal",), "special": ("none",)}
-TRACKED = dict(ORDINARY, track=(True,))          # running statistics exist to be checked
-FOCUS = {
-    "BN-EMPTY-BATCH": {"shape": ("empty",)},
-    "BN-ONE-VALUE": {"shape": ("one_value",), "special": ("none", "constant")},
-    "BN-CONSTANT-CHANNEL": {"shape": ("normal",), "special": ("constant",)},
-    "BN-NONFINITE-CONFINED": {"shape": ("normal",), "special": ("nan", "inf")},
-    "BN-AFFINE": dict(ORDINARY, affine=("random", "default")),
-    "BN-AFFINE-OFF": dict(ORDINARY, affine=("off",)),
-    "BN-DEFAULT-EPS": dict(ORDINARY, eps=("default",)),
-    "BN-SCALE-INVARIANCE": dict(ORDINARY, eps=("value",)),   # the relation rescales eps with x
-    "BN-DEFAULT-MOMENTUM": dict(TRACKED, momentum=("default",)),
-    "BN-MOMENTUM-CUMULATIVE": dict(TRACKED, momentum=("none",)),
-    "BN-EVAL-BATCH": dict(ORDINARY, track=(False,)),
-    "BN-DTYPE-F64": dict(ORDINARY, dtype=("float64",)),
-    "BN-DTYPE-ACCUM": dict(ORDINARY, dtype=("float16", "bfloat16")),
-    "BN-VAR-STABLE": dict(ORDINARY, kappa=("high",)),          # |mean|/std >= ill_conditioned_kappa
-    **{c: TRACKED for c in ("BN-INIT", "BN-FOLD", "BN-EVAL-RUNNING", "BN-EVAL-NO-UPDATE", "BN-NUM-BATCHES-TRACKED",
-                            "BN-MOMENTUM-BATCH-WEIGHT", "BN-MOMENTUM-OLD-WEIGHT", "BN-MOMENTUM-DEBIASED",
-                            "BN-RUNVAR-UNBIASED", "BN-RUNVAR-BIASED")},
-}
+# What a case must look like to exercise a clause is the clause's `focus` in the spec
+# (spec/batchnorm.yaml): the scheduler (quota.py) aims cases at the clauses short of their
+# quota, and counts a case for a clause when the case's traits meet its focus (`meets`),
+# never by what the implementation returned: the case sequence of a seed is then the same
+# whatever the outcomes, on every machine.
 
 
-def focus_for(clause: str) -> dict:
-    return FOCUS.get(clause, ORDINARY)
+def merge_focus(a: dict, b: dict) -> dict | None:
+    """Both foci at once, or None where they contradict (e.g. empty batch and a constant channel)."""
+    out = dict(a)
+    for k, v in b.items():
+        both = tuple(x for x in out.get(k, v) if x in v)
+        if not both:
+            return None
+        out[k] = both
+    return out
 
 
 # |mean|/std from which a case is ill-conditioned (spec tolerance.ill_conditioned_kappa,
@@ -145,17 +130,6 @@ def meets(focus: dict, case) -> bool:
     return all(traits.get(k) in v for k, v in focus.items())
 
 
-def merge_focus(a: dict, b: dict) -> dict | None:
-    """Both foci at once, or None where they contradict (e.g. empty batch and a constant channel)."""
-    out = dict(a)
-    for k, v in b.items():
-        both = tuple(x for x in out.get(k, v) if x in v)
-        if not both:
-            return None
-        out[k] = both
-    return out
-
-
 def _options(base, focus, key):
     """The caps' options for a field narrowed by the focus; the caps win where they disagree
     (a clause the implementation cannot be aimed at is given up by the scheduler, not forced)."""
@@ -167,7 +141,7 @@ def _options(base, focus, key):
 @st.composite
 def cases(draw, caps: dict, dtypes=None, focus=None, pool=None):
     """A Case within the capabilities `caps` (see adapters/_protocol.py), optionally aimed
-    at a focus (see FOCUS) and with its layout taken from a pool (see layout_pool)."""
+    at a focus (a clause's `focus` in the spec) and with its layout taken from a pool (see layout_pool)."""
     focus = focus or {}
     dt_ok = lambda d: (dtypes is None or d in dtypes) and (not focus.get("dtype") or d in focus["dtype"])  # noqa: E731
     if pool:
@@ -296,7 +270,7 @@ def pinned_for(caps: dict) -> list[Case]:
 def sync_cases(draw, caps: dict, focus=None, pool=None):
     """A SyncCase within `caps`: 2..8 replicas, even and uneven splits (ragged arrays where
     the engine takes them, padding plus a mask where it needs equal shapes), one replica
-    with no real rows where the engine allows it. focus: see SYNC_FOCUS. pool: frames from
+    with no real rows where the engine allows it. focus: a clause's `focus` (split). pool: frames from
     sync_layout_pool (per-device shapes fixed, the real rows per replica still drawn)."""
     from .sync_case import SyncCase
     low = 0 if caps.get("empty_replica") else 1
@@ -381,14 +355,6 @@ def sync_layout_pool(caps: dict, seed: int, per_dtype: int) -> list[tuple]:
                 out.append((pick(list(range(lo, hi + 1))), width, inner, 1 if where == "first" else rank - 1,
                             dtype, masked))
     return out
-
-
-# What a cross-replica case must look like to exercise a clause (sync_checks.py).
-SYNC_FOCUS = {"BN-SYNC-GLOBAL": {"split": ("even",)}, "BN-SYNC-WEIGHTED": {"split": ("uneven",)}}
-
-
-def sync_focus_for(clause: str) -> dict:
-    return SYNC_FOCUS.get(clause, {})
 
 
 def sync_case_traits(case) -> dict:

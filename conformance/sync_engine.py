@@ -18,11 +18,6 @@ from .engine import DEFAULT_QUOTA, AuditResult, aimed_strategies, cap_for, explo
 from .sync_case import SyncCase, materialize
 from .sync_checks import SyncCtx, run_sync_checks
 
-# Which capability a cross-replica clause needs (else: unsupported, with the reason).
-SYNC_REQUIRES = {"BN-SYNC-GLOBAL": "synchronized", "BN-SYNC-WEIGHTED": "synchronized",
-                 "BN-SYNC-GRAD": "synchronized", "BN-SYNC-LOCAL": "local_statistics",
-                 "BN-SYNC-CONSISTENT": "running_stats"}
-
 # Single-device clauses a cross-replica deviation can be attributed to (sync_checks.py).
 ATTRIBUTED = ("BN-VAR-STABLE", "BN-DTYPE-F64")
 
@@ -103,15 +98,16 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
     `quota` per cross-replica clause the wrapper can be checked on; tally every outcome per
     (clause, dtype). Raises SyncUnsupported when the engine refuses outright."""
     from .quota import QuotaScheduler
-    from .strategies import meets, merge_focus, sync_cases, sync_focus_for, sync_layout_pool, sync_pinned_for
+    from .engine import missing_capability
+    from .strategies import meets, merge_focus, sync_cases, sync_layout_pool, sync_pinned_for
 
     caps = impl.capabilities
     pool = sync_layout_pool(caps, seed, caps["layout_pool"]) if caps.get("layout_pool") else None
     max_examples = cap_for(quota, max_examples)
     scheduler = None
     if quota:
-        foci = {c.id: sync_focus_for(c.id) for c in spec.clauses_for(profile, scope="data_parallel")
-                if c.id not in SYNC_REQUIRES or caps.get(SYNC_REQUIRES[c.id], False)}
+        foci = {c.id: c.focus for c in spec.clauses_for(profile, scope="data_parallel")
+                if not missing_capability(caps, c.needs)}
         scheduler = QuotaScheduler(foci, quota, merge_focus, meets)
 
     refused = []
@@ -130,12 +126,14 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
         aimed=aimed_strategies(lambda focus: sync_cases(caps, focus=focus, pool=pool)))
     if refused:
         raise SyncUnsupported(refused[0])
+    from .blocking import find_blocked
+    blocked = find_blocked(tallies, spec, profile, lambda case, variant: evaluate(impl, case, device, spec, variant)[0])
     shrunk = {}
     for key, t in tallies.items():
-        if t.failed and t.failing_case is not None and shrink_budget > 0:
+        if t.failed and t.failing_case is not None and shrink_budget > 0 and key not in blocked:
             shrunk[key] = shrink(impl, t.failing_case, key[0], device, spec, profile, shrink_budget)
     return AuditResult(tallies, count, time.perf_counter() - t0, [], shrunk, first[0], first[1],
-                       scheduler.summary() if scheduler else None, sequence)
+                       scheduler.summary() if scheduler else None, sequence, blocked)
 
 
 # ---------------------------------------------------------------- reproducers

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import known as known_mod
 from . import records as rec_mod
 from . import repro
-from .engine import DEFAULT_QUOTA, REQUIRES, audit_implementation, missing_capability, run_case
+from .engine import DEFAULT_QUOTA, audit_implementation, missing_capability, run_case
 from .spec_loader import get_spec
 
 
@@ -21,27 +21,30 @@ def gpu_kinds(devices: list[str]) -> list[str]:
     return [d for d in devices if d != "cpu"]
 
 
-def _tally_records(impl, device, versions, seed, result, cid, dtypes, write_repro, level, not_run=True) -> list[dict]:
+def _tally_records(impl, device, versions, seed, result, clause, dtypes, write_repro) -> list[dict]:
     """One record per dtype of one clause: its tally (with a reproducer when it failed), or
     not_run when no case exercised it."""
-    out = []
+    out, cid = [], clause.id
+    only = clause.focus.get("dtype")   # BN-DTYPE-F64 is about float64 only: no record for the others
     for dtype in dtypes:
         t = result.tallies.get((cid, dtype))
+        if t is None and only and dtype not in only:
+            continue
         if t is None:
-            if not_run:
-                out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, dtype, cid,
-                                                 "not_run", "no generated case exercised this clause "
-                                                 f"in {dtype} ({result.cases} cases)"))
+            out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, dtype, cid,
+                                             "not_run", "no generated case exercised this clause "
+                                             f"in {dtype} ({result.cases} cases)"))
             continue
         path = None
         shr = result.shrunk.get((cid, dtype))
-        if t.failed and not t.errors:
+        if t.failed and not t.errors and (cid, dtype) not in result.blocked:
             case, outcome = shr if shr and shr[1] is not None else (t.failing_case, t.failing)
             try:
                 path = write_repro(case, outcome)
             except Exception as exc:  # the finding stands even if its reproducer could not be saved
                 path = f"(reproducer not written: {type(exc).__name__}: {exc})"
-        out.append(rec_mod.tally_record(impl, device, versions, dtype, cid, t, shr, seed, path, level))
+        out.append(rec_mod.tally_record(impl, device, versions, dtype, cid, t, shr, seed, path, clause.level,
+                                        result.blocked.get((cid, dtype), ())))
     return out
 
 
@@ -77,19 +80,18 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
                                            - {c.id for c in clauses})
     out = []
     for cid in ids:
-        need = sync_engine.SYNC_REQUIRES.get(cid)
-        if need and not impl.capabilities.get(need, False):
+        lacking = missing_capability(impl.capabilities, spec.clauses[cid].needs)
+        if lacking:
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", cid,
-                                             "unsupported", f"the implementation lacks capability {need!r}"))
+                                             "unsupported", f"the implementation lacks capability {lacking!r}"))
             continue
-        out += _tally_records(impl, device, versions, seed, result, cid, impl.capabilities["dtypes"],
+        out += _tally_records(impl, device, versions, seed, result, spec.clauses[cid], impl.capabilities["dtypes"],
                               lambda case, outcome, cid=cid: sync_engine.write_reproducer(
-                                  repro_dir, impl, device, cid, case, outcome),
-                              spec.clauses[cid].level,
-                              not_run=cid in sync_engine.SYNC_REQUIRES or cid in sync_engine.ATTRIBUTED)
+                                  repro_dir, impl, device, cid, case, outcome))
     _stamp(out, result, scope="data_parallel")
-    entries = known_mod.load_known(impl.name, spec, known_dir)
-    return known_mod.apply_known(out, entries, impl.name, device)
+    from .sync_case import SyncCase
+    return _apply_known(out, impl, spec, device, known_dir,
+                        lambda cj: sync_engine.evaluate(impl, SyncCase.from_json(cj), device, spec, profile)[0])
 
 
 def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_dir=None, shrink_budget=30,
@@ -108,18 +110,44 @@ def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_di
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
                                              clause.id, "not_run", f"planned: {clause.planned}"))
             continue
-        need = REQUIRES.get(clause.id)
-        lacking = need and missing_capability(impl.capabilities, need)
+        lacking = missing_capability(impl.capabilities, clause.needs)
         if lacking:
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
                                              clause.id, "unsupported", f"the implementation lacks capability {lacking!r}"))
             continue
-        out += _tally_records(impl, device, versions, seed, result, clause.id, dtypes,
+        out += _tally_records(impl, device, versions, seed, result, clause, dtypes,
                               lambda case, outcome, clause=clause: repro.write(
-                                  Path(repro_dir), impl, device, clause, case, outcome, run_case), clause.level)
+                                  Path(repro_dir), impl, device, clause, case, outcome, run_case))
     _stamp(out, result)
+    applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
+
+    def replay(cj):
+        from .case import Case
+        from .engine import evaluate
+        from .strategies import fits
+        case = Case.from_json(cj)
+        if not fits(case, impl.capabilities):
+            raise ValueError("the pinned case is outside the implementation's capabilities")
+        return evaluate(impl, case, device, spec, profile, applicable)[0]
+    return _apply_known(out, impl, spec, device, known_dir, replay)
+
+
+def _apply_known(out, impl, spec, device, known_dir, evaluate) -> list[dict]:
+    """The listed deviations, each entry's pinned case re-run here (see known.py)."""
+    from .provenance import platform
     entries = known_mod.load_known(impl.name, spec, known_dir)
-    return known_mod.apply_known(out, entries, impl.name, device)
+    replayed = known_mod.replay(entries, device, platform(), evaluate)
+    return known_mod.apply_known(out, entries, impl.name, device, replayed)
+
+
+def _provenance(record: dict) -> dict:
+    """The code, the case generator and the machine a record was measured with."""
+    import hypothesis
+
+    from .provenance import stamp
+    stamp(record)
+    record["bnconf"]["hypothesis"] = hypothesis.__version__
+    return record
 
 
 def main(argv=None) -> int:
@@ -147,7 +175,7 @@ def main(argv=None) -> int:
             raise
         why = f"framework not importable here: {exc}" if "Import" in kind or "Module" in kind else str(exc)
         rec = rec_mod.status_record(impl.name, impl.family, impl.profile, {}, "cpu", "*", "*", "unsupported", why)
-        rec_mod.append_jsonl(args.out, [rec])
+        rec_mod.append_jsonl(args.out, [_provenance(rec)])
         return 0
     wanted = visible if args.devices == "all" else args.devices.split(",")
     records = []
@@ -173,6 +201,7 @@ def main(argv=None) -> int:
                                              why))
     for r in records:
         r["wall_s"] = round(time.perf_counter() - t0, 3)
+        _provenance(r)
     rec_mod.append_jsonl(args.out, records)
     return 0
 

@@ -57,7 +57,7 @@ def test_misbehaving_functions_become_named_violations(run_cli, name, clause, wo
 
 def test_printing_function_does_not_corrupt_json(run_cli):
     out, rep = audit_json(run_cli, f"{FAULTS}:prints", "--no-fingerprint")
-    assert rep["verdict"] == "conforms" or rep["violations"]  # parsed: stdout stayed clean
+    assert rep["verdict"] == "conforms", rep["violations"]  # parsed at all: stdout stayed clean
 
 
 @pytest.mark.clause("BN-NORMALIZE")

@@ -142,10 +142,15 @@ def torch_module_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S) -> I
 
 @dataclass
 class AuditReport:
+    """verdict: "violates" (a MUST clause fails), "error" (bnconf could not judge a clause: a
+    bug of ours, with its traceback), else "conforms" (SHOULD clauses not met are warnings)."""
     target: str
     profile: str
     verdict: str
-    violations: list = field(default_factory=list)
+    violations: list = field(default_factory=list)   # MUST clauses not met
+    warnings: list = field(default_factory=list)     # SHOULD clauses not met
+    errors: list = field(default_factory=list)       # clauses bnconf failed to judge
+    blocked: list = field(default_factory=list)      # clauses failing only because a root clause fails
     passed: list = field(default_factory=list)
     not_exercised: list = field(default_factory=list)
     fingerprint: dict = field(default_factory=dict)
@@ -155,11 +160,23 @@ class AuditReport:
 
     def to_json(self) -> dict:
         return {"target": self.target, "profile": self.profile, "verdict": self.verdict,
-                "violations": self.violations, "passed": self.passed, "not_exercised": self.not_exercised,
+                "violations": self.violations, "warnings": self.warnings, "errors": self.errors,
+                "blocked": self.blocked,
+                "passed": self.passed, "not_exercised": self.not_exercised,
                 "fingerprint": self.fingerprint, "cases": self.cases, "seconds": round(self.seconds, 3)}
 
 
 def make_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S):
+    """The user's target in a process of its own (isolated.py): a segfault, os._exit, an OOM
+    kill or a hang in it is a violation of the clause being exercised, never the audit's end.
+    Raises TargetError, in this process, when the target cannot be loaded."""
+    from .isolated import isolated_implementation
+    return isolated_implementation(target, profile, kind, timeout)
+
+
+def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S):
+    """The user's target in this process: what the isolated process runs. Callers that want
+    the user's code beside their own pass `impl=` to audit() (e.g. numpy_implementation(fn))."""
     obj = load_target(target)
     if kind == "numpy":
         if not callable(obj):
@@ -184,7 +201,7 @@ def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path
     import time
 
     from . import repro
-    from .engine import REQUIRES, audit_implementation, missing_capability, run_case
+    from .engine import audit_implementation, missing_capability, run_case
     from .fingerprint import fingerprint as measure
     from .spec_loader import get_spec
 
@@ -201,14 +218,24 @@ def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path
     for clause in spec.clauses_for(prof):
         if clause.planned:
             continue
-        need = REQUIRES.get(clause.id)
-        lacking = need and missing_capability(impl.capabilities, need)
+        lacking = missing_capability(impl.capabilities, clause.needs)
         if lacking:
             rep.not_exercised.append({"clause": clause.id, "reason": f"the protocol has no {lacking!r}"})
             continue
         tallies = by_clause.get(clause.id, [])
-        failing = [(d, t) for d, t in tallies if t.failed]
-        if failing:
+        errored = [(d, t) for d, t in tallies if t.errors]
+        failing = [(d, t) for d, t in tallies if t.failed and (clause.id, d) not in result.blocked]
+        roots = sorted({r for d, t in tallies if t.failed for r in result.blocked.get((clause.id, d), ())})
+        if roots and not failing and not errored:
+            rep.blocked.append({"clause": clause.id, "title": clause.title, "blocked_by": roots,
+                                "failed_cases": sum(t.failed for _, t in tallies)})
+            continue
+        if errored:
+            dtype, t = errored[0]
+            rep.errors.append({"clause": clause.id, "title": clause.title, "message": t.error.note,
+                               "traceback": t.error.error, "example": t.error_case.to_json(),
+                               "errored_cases": sum(tt.errors for _, tt in errored)})
+        elif failing:
             dtype, t = min(failing, key=lambda dt: dt[1].failing_case.n_per_channel * dt[1].failing_case.num_features)
             case, outcome = result.shrunk.get((clause.id, dtype)) or (t.failing_case, t.failing)
             if outcome is None:
@@ -216,19 +243,22 @@ def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path
             msg = outcome.note or ""
             if outcome.comparison is not None:
                 msg = (msg + "; " if msg else "") + outcome.comparison.describe()
-            v = {"clause": clause.id, "title": clause.title, "message": msg, "example": case.to_json(),
+            v = {"clause": clause.id, "title": clause.title, "level": clause.level, "message": msg,
+                 "example": case.to_json(), "seed": seed,
                  "failed_cases": sum(tt.failed for _, tt in failing), "cases": sum(tt.cases for _, tt in tallies)}
             if repro_dir:
                 try:
                     v["reproducer"] = repro.write(Path(repro_dir), impl, "cpu", clause, case, outcome, run_case)
                 except Exception as exc:
                     v["reproducer"] = f"(not written: {exc})"
-            rep.violations.append(v)
+            (rep.violations if clause.level == "MUST" else rep.warnings).append(v)
         elif tallies:
             rep.passed.append({"clause": clause.id, "cases": sum(t.cases for _, t in tallies)})
         else:
             rep.not_exercised.append({"clause": clause.id, "reason": f"no case of {result.cases} exercised it"})
-    rep.verdict = "violates" if rep.violations else "conforms"
+    for v in rep.violations + rep.warnings:
+        v["blocks"] = [b["clause"] for b in rep.blocked if v["clause"] in b["blocked_by"]]
+    rep.verdict = "violates" if rep.violations else "error" if rep.errors else "conforms"
     if fingerprint:
         try:
             rep.fingerprint = measure(impl, default_momentum=False, default_eps=False)

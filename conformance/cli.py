@@ -1,5 +1,7 @@
-"""bnconf command line. Exit status: 0 ok / conforms, 1 a clause is violated or the audit
-found unexpected results, 2 usage, import or configuration error (with a message)."""
+"""bnconf command line. Exit status: 0 ok / conforms (SHOULD clauses not met are warnings),
+1 a MUST clause is violated or the audit found unexpected results (with --strict: a warning
+too), 2 usage, import or configuration error (with a message), 3 bnconf could not judge a
+clause (its own error, with the traceback), 130 interrupted (no verdict)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
 
 def _err(msg: str) -> int:
@@ -84,15 +86,20 @@ TIERS = {"fast": 100, "thorough": 1000}   # generated cases per clause per imple
 
 
 def cmd_run(args) -> int:
-    from .runner import run_many, summarize
+    from .runner import RunInterrupted, run_many, summarize
     from .spec_loader import get_spec
     get_spec(args.spec)  # a malformed spec stops the run before anything starts
     impls = _select(args)
     out = Path(args.out)
-    summary = run_many(impls, out, max_examples=args.max_examples, seed=args.seed, timeout_s=args.timeout,
-                       repro_dir=args.repro_dir, resume=args.resume, spec=args.spec,
-                       echo=lambda m: print(m, flush=True), quota=args.cases_per_clause or TIERS[args.tier],
-                       jobs=args.jobs)
+    try:
+        summary = run_many(impls, out, max_examples=args.max_examples, seed=args.seed, timeout_s=args.timeout,
+                           repro_dir=args.repro_dir, resume=args.resume, spec=args.spec,
+                           echo=lambda m: print(m, flush=True), quota=args.cases_per_clause or TIERS[args.tier],
+                           jobs=args.jobs)
+    except RunInterrupted as exc:
+        print(f"bnconf: interrupted; {out} keeps what was recorded before it; not recorded: "
+              f"{', '.join(exc.not_done) or 'none'} (`bnconf run --resume` continues)", file=sys.stderr)
+        return 130
     print(f"{out}: {summarize(out)}")
     bad = sum(s["bad"] for s in summary)
     return EXIT_VIOLATION if bad and args.strict else EXIT_OK
@@ -101,15 +108,25 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from .report import build_report
     # raw/: this machine's records (not committed); gpu/: the GPU half, measured on a machine
-    # with a GPU (scripts/gpu_audit.sh) and committed, since most machines have none.
+    # with a GPU (scripts/gpu_audit.sh) and committed, since most machines have none. The GPU
+    # half is archived: counted only when it carries the commit of the raw records.
     out = Path(args.out_dir)
-    raws = args.raw or (sorted(str(p) for p in (out / "raw").glob("*.jsonl"))
-                        + sorted(str(p) for p in (out / "gpu").glob("*.jsonl")))
-    if not raws:
+    raws = args.raw or sorted(str(p) for p in (out / "raw").glob("*.jsonl"))
+    archived = list(args.archived or []) + ([] if args.raw else sorted(str(p) for p in (out / "gpu").glob("*.jsonl")))
+    if not raws and not archived:
         return _err(f"no raw results given and none found in {out / 'raw'}/ or {out / 'gpu'}/")
-    paths = build_report(raws, Path(args.out_dir), commit=args.commit)
+    paths = build_report(raws, out, commit=args.commit, archived_paths=archived)
     for p in paths:
         print(f"wrote {p}")
+    rep = json.loads(paths[0].read_text(encoding="utf-8"))
+    apart = sum(g["records"] for g in rep["other_runs"])
+    groups = len(rep["other_runs"])
+    if not rep["summary"]:
+        print(f"bnconf: warning: no record of commit {rep['suite']['commit']}: the report counts nothing",
+              file=sys.stderr)
+    print(f"counted: commit {rep['suite']['commit'] or 'unstamped'} ({rep['suite']['selected']}); "
+          f"{apart} record{'' if apart == 1 else 's'} of other runs in {groups} group{'' if groups == 1 else 's'} "
+          "listed apart")
     return EXIT_OK
 
 
@@ -143,24 +160,48 @@ def cmd_audit(args) -> int:
             print(file=sys.stderr)
     except (TargetError, SpecError) as exc:
         return _err(str(exc))
+    except KeyboardInterrupt:
+        from .isolated import shutdown
+        shutdown()   # the user's code runs in processes of their own, which ignore Ctrl-C
+        print(("\n" if sys.stderr.isatty() else "") + "bnconf: interrupted; no verdict (the audit did not finish)",
+              file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(rep.to_json(), indent=2, default=str))
     else:
-        print(f"{rep.target} under profile {rep.profile!r}: {rep.verdict.upper()} "
-              f"({rep.cases} cases, {rep.seconds:.1f} s)")
-        for p in rep.passed:
-            print(f"  pass  {p['clause']:24s} {p['cases']} cases")
-        for v in rep.violations:
-            print(f"  FAIL  {v['clause']:24s} {v['title']}")
+        _print_audit(rep)
+    if rep.violations or (args.strict and rep.warnings):
+        return EXIT_VIOLATION
+    return EXIT_ERROR if rep.errors else EXIT_OK
+
+
+def _print_audit(rep) -> None:
+    """One line per clause; a failing one with what it blocks, its measured error and its
+    smallest case (the one helper every finding of the CLI goes through)."""
+    print(f"{rep.target} under profile {rep.profile!r}: {rep.verdict.upper()} "
+          f"({rep.cases} cases, {rep.seconds:.1f} s)")
+    for p in rep.passed:
+        print(f"  pass  {p['clause']:24s} {p['cases']} cases")
+    for tag, found in (("FAIL", rep.violations), ("WARN", rep.warnings)):
+        for v in found:
+            print(f"  {tag}  {v['clause']:24s} {v['title']}" + (f"  [{v['level']}]" if tag == "WARN" else ""))
+            if v.get("blocks"):
+                print(f"        blocks: {', '.join(v['blocks'])} (they fail only because of it)")
             print(f"        {v['message']}")
-            print(f"        smallest case: {json.dumps(v['example'])}")
+            print(f"        smallest case (seed {v.get('seed')}): {json.dumps(v['example'])}")
             if v.get("reproducer"):
                 print(f"        reproducer: python {v['reproducer']}/repro.py")
-        for n in rep.not_exercised:
-            print(f"  n/a   {n['clause']:24s} {n['reason']}")
-        if rep.fingerprint:
-            print("  fingerprint: " + json.dumps(rep.fingerprint))
-    return EXIT_VIOLATION if rep.violations else EXIT_OK
+    for e in rep.errors:
+        print(f"  ERROR {e['clause']:24s} bnconf could not judge it (a bug of bnconf's, not of the target): "
+              f"{e['message']}")
+        print("        " + e["traceback"].strip().replace("\n", "\n        "))
+        print(f"        case: {json.dumps(e['example'])}")
+    for b in rep.blocked:
+        print(f"  blocked {b['clause']:22s} by {', '.join(b['blocked_by'])}")
+    for n in rep.not_exercised:
+        print(f"  n/a   {n['clause']:24s} {n['reason']}")
+    if rep.fingerprint:
+        print("  fingerprint: " + json.dumps(rep.fingerprint))
 
 
 def cmd_fingerprint(args) -> int:
@@ -198,8 +239,9 @@ def cmd_fingerprint(args) -> int:
 
 def cmd_facts(args) -> int:
     from .facts import run_facts
+    from .provenance import stamp
     from .records import append_jsonl
-    recs = run_facts(args.framework or None)
+    recs = [stamp(r) for r in run_facts(args.framework or None)]
     for r in recs:
         print(f"{r['fact']:6s} {r['status']:8s} {r['claim'][:60]}\n       -> {r['observed'][:160]}")
     if args.out:
@@ -210,9 +252,20 @@ def cmd_facts(args) -> int:
 
 
 def cmd_known(args) -> int:
-    from .known import draft
-    from .records import read_jsonl
-    for impl, text in draft(read_jsonl(args.raw)).items():
+    from .known_pin import draft, pin_file
+    from .records import atomic_write_text, read_jsonl
+    records = read_jsonl(args.raw)
+    if args.pin:
+        directory = Path(args.known_dir)
+        impls = sorted({r.get("implementation") for r in records} & {p.stem for p in directory.glob("*.yaml")})
+        for impl in impls:
+            text, notes = pin_file(impl, [r for r in records if r.get("implementation") == impl], directory)
+            atomic_write_text(directory / f"{impl}.yaml", text)
+            print(f"wrote {directory / (impl + '.yaml')}")
+            for n in notes:
+                print(f"  {n}")
+        return EXIT_OK
+    for impl, text in draft(records).items():
         print(f"# ---- adapters/known/{impl}.yaml (draft: write each reason and link by hand)")
         print(text)
     return EXIT_OK
@@ -257,9 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("report", help="build reports/report.{json,md,html} from raw results")
-    p.add_argument("raw", nargs="*")
+    p.add_argument("raw", nargs="*", help="raw JSONL files (default: OUT_DIR/raw/*.jsonl, with OUT_DIR/gpu/*.jsonl "
+                   "archived)")
     p.add_argument("--out-dir", default="reports")
-    p.add_argument("--commit", default=None)
+    p.add_argument("--archived", nargs="+", action="extend", default=None, metavar="JSONL",
+                   help="records kept from other machines: counted only when they carry the counted commit")
+    p.add_argument("--commit", default=None, help="count the records of this bnconf commit (a prefix will do; "
+                   "default: the newest commit among the raw records)")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("audit", help="audit your own BN function or torch module")
@@ -273,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repro-dir", default=None, help="write a standalone reproducer per violation here")
     p.add_argument("--no-fingerprint", action="store_true")
+    p.add_argument("--strict", action="store_true", help="a SHOULD clause not met fails the audit too (exit 1)")
     p.set_defaults(fn=cmd_audit)
 
     p = sub.add_parser("fingerprint", help="measure the conventions an implementation follows")
@@ -288,9 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="append the fact records to this JSONL")
     p.set_defaults(fn=cmd_facts)
 
-    p = sub.add_parser("known", help="draft known-deviation entries from raw results (reasons left to you)")
+    p = sub.add_parser("known", help="pin known-deviation entries to a run's cases, or draft new ones")
     p.add_argument("raw", nargs="+")
-    p.add_argument("--draft", action="store_true", help="print YAML drafts (the only mode)")
+    p.add_argument("--draft", action="store_true", help="print YAML drafts for unlisted failures (the default)")
+    p.add_argument("--pin", action="store_true",
+                   help="rewrite each listed implementation's file: one entry per deviation kind, its case pinned")
+    p.add_argument("--known-dir", default="adapters/known", help="the known-deviation folder to rewrite (--pin)")
     p.set_defaults(fn=cmd_known)
 
     p = sub.add_parser("bench", help="measure speed and detection power")
@@ -303,9 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _sigint_interrupts() -> None:
+    """A shell starts a background job (`bnconf audit ... &` in a script, a CI step) with SIGINT
+    ignored, and Python keeps it ignored: Ctrl-C or `kill -INT` then did nothing and the audit
+    ran on to a verdict. An audit or a run is stopped by SIGINT wherever it was started."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv=None) -> int:
     from .spec_loader import SpecError
     args = build_parser().parse_args(argv)
+    _sigint_interrupts()
     try:
         return args.fn(args)
     except SpecError as exc:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,12 +39,44 @@ def worker_env() -> dict:
     return env
 
 
+class _Workers:
+    """The worker processes running now, so that Ctrl-C kills them all at once. Each leads its
+    own session: a terminal's Ctrl-C never reaches it, and killing its group takes whatever it
+    started. After stop() no worker starts and none that was killed is merged."""
+
+    def __init__(self):
+        self.lock, self.procs, self.stopped = threading.Lock(), set(), False
+
+    def start(self, cmd: list):
+        with self.lock:
+            if self.stopped:
+                return None
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True, env=worker_env())
+            self.procs.add(proc)
+            return proc
+
+    def finished(self, proc) -> None:
+        with self.lock:
+            self.procs.discard(proc)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped, procs = True, list(self.procs)
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def run_one(name: str, family: str, profile: str, out: Path, *, max_examples: int | None, seed: int,
             timeout_s: float, repro_dir: str, spec: str | None = None, devices: str = "all",
-            quota: int | None = None, lock=None) -> dict:
+            quota: int | None = None, lock=None, workers: _Workers | None = None) -> dict | None:
     """One worker process. It writes to a part file of its own, merged into `out` (under
     `lock` when workers run side by side) once it is done, so concurrent workers never
-    interleave lines."""
+    interleave lines. None when `workers` was stopped before this one finished: nothing of
+    it is merged (a resumed run audits it again)."""
     part = _part_path(Path(out), name)
     part.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "bnconf.worker", "--impl", name, "--out", str(part), "--seed", str(seed),
@@ -54,25 +87,24 @@ def run_one(name: str, family: str, profile: str, out: Path, *, max_examples: in
         cmd += ["--cases-per-clause", str(quota)]
     if spec:
         cmd += ["--spec", spec]
+    workers = workers or _Workers()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=worker_env())
+    proc = workers.start(cmd)
+    if proc is None:
+        return None
     try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-        status, message = None, None
-        if proc.returncode != 0:
-            sig = -proc.returncode if proc.returncode < 0 else None
-            why = f"killed by signal {signal.Signals(sig).name}" if sig else f"exit status {proc.returncode}"
-            status, message = "error", f"worker {why}: {stderr.strip()[-1500:]}"
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: no process is left behind
-        proc.communicate()
-        status, message = "error", f"timed out after {timeout_s:.0f} s (killed)"
+        status, message = _wait(proc, timeout_s)
+    finally:
+        workers.finished(proc)
+    if workers.stopped and proc.returncode != 0:
+        part.unlink(missing_ok=True)
+        return None
     wall = time.perf_counter() - t0
     recs = rec_mod.read_jsonl([part])
     part.unlink(missing_ok=True)
     if status:
-        rec = rec_mod.status_record(name, family, profile, {}, "cpu", "*", "*", status, message)
+        from .provenance import stamp
+        rec = stamp(rec_mod.status_record(name, family, profile, {}, "cpu", "*", "*", status, message))
         rec["wall_s"] = round(wall, 3)
         recs.append(rec)
     if lock is not None:
@@ -84,15 +116,46 @@ def run_one(name: str, family: str, profile: str, out: Path, *, max_examples: in
             "bad": sum(1 for r in recs if r.get("status") in rec_mod.BAD)}
 
 
+def _wait(proc, timeout_s: float) -> tuple:
+    """(status, message) of a worker that failed, (None, None) of one that finished."""
+    try:
+        _, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: no process is left behind
+        proc.communicate()
+        return "error", f"timed out after {timeout_s:.0f} s (killed)"
+    if proc.returncode == 0:
+        return None, None
+    sig = -proc.returncode if proc.returncode < 0 else None
+    why = f"killed by signal {signal.Signals(sig).name}" if sig else f"exit status {proc.returncode}"
+    return "error", f"worker {why}: {stderr.strip()[-1500:]}"
+
+
 def default_jobs() -> int:
     """Workers side by side: BNCONF_JOBS, else one per core (each worker is one process,
     most of whose time is one framework thread on small arrays)."""
     return max(1, int(os.environ.get("BNCONF_JOBS") or os.cpu_count() or 1))
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during run_many: every worker was killed, `out` keeps the implementations merged
+    before it, and `not_done` (also in the `.incomplete` file beside `out`) were not recorded."""
+
+    def __init__(self, out: Path, not_done: list):
+        super().__init__(f"interrupted: {len(not_done)} implementation(s) not recorded in {out}")
+        self.out, self.not_done = out, not_done
+
+
+def incomplete_path(out: Path) -> Path:
+    """Beside the records (not *.jsonl, so no report reads it as records): what an interrupted
+    run left undone; removed when a run, resumed or not, finishes."""
+    return Path(out).with_name(Path(out).name + ".incomplete")
+
+
 def run_many(impls: list, out: Path, *, max_examples=None, seed=0, timeout_s=600.0, repro_dir="reports/repro",
              resume=False, spec=None, devices="all", echo=print, quota=None, jobs=None) -> list[dict]:
-    import threading
+    """Raises RunInterrupted (a KeyboardInterrupt) on Ctrl-C, within a second: the pytest
+    plugin and tox stop, and `bnconf run --resume` continues with what was not recorded."""
     from concurrent.futures import ThreadPoolExecutor
     out = Path(out)
     if not resume and out.exists():
@@ -104,16 +167,33 @@ def run_many(impls: list, out: Path, *, max_examples=None, seed=0, timeout_s=600
             echo(f"{impl.name}: already recorded, skipped (--resume)")
         else:
             todo.append(impl)
-    lock = threading.Lock()
+    lock, workers = threading.Lock(), _Workers()
 
     def one(impl):
+        if workers.stopped:
+            return None
         echo(f"{impl.name}: auditing ...")
         s = run_one(impl.name, impl.family, impl.profile, out, max_examples=max_examples, seed=seed,
-                    timeout_s=timeout_s, repro_dir=repro_dir, spec=spec, devices=devices, quota=quota, lock=lock)
-        echo(f"{impl.name}: {s['records']} records, {s['bad']} unexpected, {s['seconds']:.1f} s")
+                    timeout_s=timeout_s, repro_dir=repro_dir, spec=spec, devices=devices, quota=quota, lock=lock,
+                    workers=workers)
+        if s is not None:
+            echo(f"{impl.name}: {s['records']} records, {s['bad']} unexpected, {s['seconds']:.1f} s")
         return s
-    with ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
-        return list(pool.map(one, todo))
+    pool = ThreadPoolExecutor(max_workers=jobs or default_jobs())
+    futures = [pool.submit(one, impl) for impl in todo]
+    try:
+        summary = [f.result() for f in futures]
+    except BaseException as exc:
+        workers.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+        not_done = [i.name for i, f in zip(todo, futures) if f.cancelled() or f.exception() or f.result() is None]
+        rec_mod.atomic_write_text(incomplete_path(out), json.dumps({"not_done": not_done}, indent=1) + "\n")
+        if isinstance(exc, KeyboardInterrupt):
+            raise RunInterrupted(out, not_done) from None
+        raise
+    pool.shutdown()
+    incomplete_path(out).unlink(missing_ok=True)
+    return summary
 
 
 def summarize(out: Path) -> str:

@@ -172,7 +172,7 @@ def _y_train_cmp(ctx, profile, model, eps, skip_constant=False):
             return compare(y_act, y_exp, 0.0, key=key)
         bound = tolerance.y_train_bound(model, np.where(mask, x, 0), ctx.weight, ctx.bias, eps, ctx.fa,
                                         ctx.u_out(ctx.trace[f"train_{k}/y_dtype"]), _masked(y_exp, mask),
-                                        profile.eps_placement)
+                                        _placement(ctx, profile))
         cmps.append(compare(_masked(y_act, mask), _masked(y_exp, mask), np.where(mask, bound, np.inf),
                             note=f"training step {k}", key=key))
     return _worst(cmps)
@@ -255,7 +255,8 @@ def convention_attribution(ctx, base, cmp_under):
     if base.ratio <= 2:
         return None
     for fld in ("eps_placement", "normalize_variance"):
-        for alt in (v for v in FLIPS[fld] if v != ctx.eff.conventions[fld]):
+        for alt in (v for v in FLIPS[fld] if v != ctx.eff.conventions[fld] and
+                    not (ctx.case.dtype not in ("float32", "float64") and v in ATTRIBUTION_ONLY)):
             with np.errstate(all="ignore"):
                 cmp = cmp_under(ctx.eff.with_convention(**{fld: alt}))
             clause = ctx.clause_for(fld)
@@ -266,9 +267,11 @@ def convention_attribution(ctx, base, cmp_under):
 
 def case_affine_ignored(ctx) -> bool:
     """Scale and shift ignored: the output is x_hat itself. Judged only on the channels without a
-    special value, and only where gamma and beta change the output by several bounds (DISTINCT),
-    so that rounding in a low precision cannot mimic it."""
-    if ctx.case.affine != "random" or ctx.weight is None or "train_0/y" not in ctx.trace:
+    NaN/Inf, only where gamma and beta change the output by several bounds (DISTINCT), and only
+    in float32/float64: in float16 a folded x*inv + (beta - mean*inv) can lose beta to
+    cancellation, which rounding makes look the same."""
+    if ctx.case.affine != "random" or ctx.weight is None or "train_0/y" not in ctx.trace \
+            or ctx.case.dtype not in ("float32", "float64"):
         return False
     x = ctx.arrays["x_train_0"]
     mask = ctx.channel_mask(x.shape)
@@ -330,14 +333,14 @@ def _init_attribution(ctx, base):
 def float64_in_float32(ctx, clause, cmp_fn, base, conditioning=True):
     """BN-DTYPE-F64 (or a float32-stored eps) when a float64 failure is clear (>= 10 times the
     float64 bound: float32 rounding diluted in a running statistic is tens of times it, in an
-    output millions), within the float32 model, and the same case in float32 passes (conventions
-    do not depend on the dtype, so this is differential evidence); None otherwise."""
+    output millions), within the float32 model, the same case in float32 passes, and (where
+    centring is not exact in float32 anyway) so does the case centred fail: a float64 one-pass
+    kernel passes it. Asked after the convention flips: a convention error too small for the
+    float32 bound passes in float32 too, so that alone is no evidence. None otherwise."""
     case = ctx.case
     if ctx.rerun is None or case.dtype != "float64" or base.ratio < 10:
         return None
     alt = cmp_fn(ctx.model.with_compute("float32"))
-    # float32 arithmetic fails a centred case as well; an error that vanishes when the case is
-    # centred is the variance algorithm's (a float64 one-pass kernel), not the precision's.
     # Two values per channel centre to (a, -a), exact in float32: there the centred case is no
     # evidence either way. (A constant channel centres to 0, exact too, but there a float64
     # one-pass kernel shows the same signature as float32 arithmetic: no exemption.)
@@ -415,9 +418,9 @@ def _distinguishable(ctx, alt_profile, eps=None) -> bool:
             # near-constant channel) "passes" anything and is no evidence
             bound = np.maximum(
                 tolerance.y_train_bound(ctx.model, xm, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, _masked(y_spec, mask),
-                                        ctx.profile.eps_placement),
+                                        _placement(ctx, ctx.profile)),
                 tolerance.y_train_bound(ctx.model, xm, ctx.weight, ctx.bias, alt_eps, ctx.fa, u, _masked(y_alt, mask),
-                                        alt_profile.eps_placement))
+                                        _placement(ctx, alt_profile)))
             both = mask & np.isfinite(y_spec) & np.isfinite(y_alt) & np.isfinite(bound)
             if np.any(np.abs(y_spec - y_alt)[both] > DISTINCT * bound[both]):
                 return True
@@ -441,16 +444,26 @@ def _holds_centred(ctx, clause, key: str = "") -> bool:
     return not _passes(ctx, centred(ctx.case), clause, key)
 
 
+# Conventions no profile follows, tried only where rounding cannot mimic them (a float16 one-pass
+# variance "matches" eps absent or a running std by chance).
+ATTRIBUTION_ONLY = {"absent", "std"}
+
+
+def _flips(ctx, fld):
+    low = ctx.case.dtype not in ("float32", "float64")
+    return [v for v in FLIPS[fld] if v != ctx.profile.conventions[fld] and not (low and v in ATTRIBUTION_ONLY)]
+
+
+def _placement(ctx, profile) -> str:
+    """The eps placement whose error model bounds a comparison: the profile's in float32/float64;
+    in a low precision the spec's, so that a wider bound never makes a rounding error "match"."""
+    return profile.eps_placement if ctx.case.dtype in ("float32", "float64") else "inside_sqrt"
+
+
 def _attribute_y(ctx, base, kappa, covered):
     case = ctx.case
-    # float64 arithmetic done in float32 can make a float64 output "match" another convention
-    # exactly (two values per channel normalize to +-1 without eps): the dtype-free evidence
-    # (the same case in float32 passes) is asked first
-    f64 = float64_in_float32(ctx, "BN-NORMALIZE", lambda m: _y_train_cmp(ctx, ctx.profile, m, ctx.eps), base)
-    if f64 is not None:
-        return f64
     for fld in ("eps_placement", "normalize_variance", "reduction") if base.ratio > 2 else ():
-        for alt in (v for v in FLIPS[fld] if v != ctx.profile.conventions[fld]):
+        for alt in _flips(ctx, fld):
             alt_profile = ctx.profile.with_convention(**{fld: alt})
             with np.errstate(all="ignore"):
                 cmp = _y_train_cmp(ctx, alt_profile, ctx.model, ctx.eps, skip_constant=True)
@@ -509,7 +522,7 @@ def mean_relation(ctx: Ctx):
 
     def cmp_fn(model):
         bound = tolerance.y_train_bound(model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
-                                        ctx.u_out(ctx.trace["train_0/y_dtype"]), y_exp, ctx.profile.eps_placement)
+                                        ctx.u_out(ctx.trace["train_0/y_dtype"]), y_exp, _placement(ctx, ctx.profile))
         allowed = bound.mean(axis=axes) + model.safety * model.growth(n) * model.u_c * np.abs(y).mean(axis=axes)
         return compare(np.where(finite, y.mean(axis=axes), 0.0), np.where(finite, beta, 0.0),
                        np.where(finite, allowed, np.inf), "per-channel mean of y vs beta", key="train_0/y:mean")
@@ -596,6 +609,8 @@ def running_stats(ctx: Ctx):
         return [Outcome(ctx.clause_for("momentum_form"), False, note="no running statistics were reported "
                         "although the layer tracks them")]
     cumulative = ctx.momentum is None and p.cumulative_when_momentum_none
+    if ctx.momentum is None and not cumulative:
+        return []   # the profile declares no default momentum: nothing to predict the update with
     m_clause = "BN-MOMENTUM-CUMULATIVE" if cumulative else ctx.clause_for("momentum_form")
     v_clause = ctx.clause_for("running_variance")
     cm, cv = _running_cmp(ctx, p, ctx.momentum)
@@ -613,7 +628,7 @@ def running_stats(ctx: Ctx):
         # the running mean alone confirms the momentum (and the default one): it does not depend
         # on the variance convention that failed
         out += [Outcome(c, True, cm) for c in [m_clause] + extra]
-        for alt in (v for v in FLIPS["running_variance"] if v != p.running_variance):
+        for alt in _flips(ctx, "running_variance"):
             alt_p = p.with_convention(running_variance=alt)
             _, cv2 = _running_cmp(ctx, alt_p, ctx.momentum)
             if cv2 is not None and cv2.ok and cv.ratio > 2 and _running_var_distinct(ctx, alt_p):
@@ -656,7 +671,8 @@ def initial_state(ctx: Ctx):
     exp = np.concatenate([np.full(c, init["running_mean"]), np.full(c, init["running_var"])])
     act = np.concatenate([ctx.trace["init/running_mean"], ctx.trace["init/running_var"]])
     cmp = compare(act, exp, 0.0, "initial running mean then running var", key="init/running_mean+var")
-    return [Outcome("BN-INIT", cmp.ok, cmp)]
+    return [Outcome("BN-INIT", cmp.ok, cmp, "" if cmp.ok else "the running statistics do not start at the "
+                    "profile's initial values")]
 
 
 @check("step_counter", emits=("BN-NUM-BATCHES-TRACKED",))
@@ -694,7 +710,7 @@ def y_eval(ctx: Ctx):
         ye = tolerance.in_dtype_range(oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa,
                                                        profile.eps_placement), ctx.trace["eval/y_dtype"])
         bound = tolerance.y_eval_bound(model or ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
-                                       ctx.u_out(ctx.trace["eval/y_dtype"]), ye, profile.eps_placement)
+                                       ctx.u_out(ctx.trace["eval/y_dtype"]), ye, _placement(ctx, profile))
         return compare(ctx.trace["eval/y"], ye, bound, "eval output with the reported running statistics",
                        key="eval/y")
 
@@ -715,7 +731,7 @@ def y_eval(ctx: Ctx):
             return [num]
     y_batch = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
     b2 = tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
-                                 ctx.u_out(ctx.trace["eval/y_dtype"]), y_batch, ctx.profile.eps_placement)
+                                 ctx.u_out(ctx.trace["eval/y_dtype"]), y_batch, _placement(ctx, ctx.profile))
     # evidence only where batch and running normalization differ beyond the bound (after one
     # step at a small old-value weight they can coincide); cmp kept its expected array (it failed)
     if compare(ctx.trace["eval/y"], y_batch, b2).ok and not compare(cmp.expected_array, y_batch, DISTINCT * b2).ok:
@@ -732,7 +748,7 @@ def y_eval_no_running(ctx: Ctx):
 
     def cmp_fn(model):
         bound = tolerance.y_train_bound(model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa,
-                                        ctx.u_out(ctx.trace["eval/y_dtype"]), y_exp, ctx.eff.eps_placement)
+                                        ctx.u_out(ctx.trace["eval/y_dtype"]), y_exp, _placement(ctx, ctx.eff))
         return compare(ctx.trace["eval/y"], y_exp, bound, "eval output with batch statistics", key="eval/y")
     cmp = cmp_fn(ctx.model)
     if not cmp.ok:
@@ -748,7 +764,7 @@ def eval_no_update(ctx: Ctx):
     before = np.concatenate([rm, rv])
     after = np.concatenate([ctx.trace["eval/running_mean"], ctx.trace["eval/running_var"]])
     cmp = compare(after, before, 0.0, "running statistics after eval vs before", key="eval/running_mean+var")
-    return [Outcome("BN-EVAL-NO-UPDATE", cmp.ok, cmp)]
+    return [Outcome("BN-EVAL-NO-UPDATE", cmp.ok, cmp, "" if cmp.ok else "eval changed the running statistics")]
 
 
 # ------------------------------------------------------------------------ gradients
@@ -839,6 +855,17 @@ def _train_error(ctx):
     return err
 
 
+# The process running the implementation died or hung: never the clear error a profile expects
+# (an implementation that segfaults on one value per channel does not "raise").
+NOT_RAISED = ("ProcessDied", "CallTimeout")
+
+
+def _died(err, clause):
+    if err and err["type"] in NOT_RAISED:
+        return [Outcome(clause, False, note=f"{err['type']} in {err['phase']}: {err['message'][:300]}")]
+    return None
+
+
 @check("one_value", emits=("BN-ONE-VALUE",))
 def one_value(ctx: Ctx):
     case = ctx.case
@@ -847,6 +874,8 @@ def one_value(ctx: Ctx):
     err = _train_error(ctx)
     if err and err["unsupported"]:
         return []
+    if _died(err, "BN-ONE-VALUE"):
+        return _died(err, "BN-ONE-VALUE")
     want = ctx.profile.one_value_per_channel
     raised = err is not None and err["phase"] == "train_0"
     if want == "raises":
@@ -889,6 +918,8 @@ def empty_batch(ctx: Ctx):
     err = _train_error(ctx)
     if err and err["unsupported"]:
         return []
+    if _died(err, "BN-EMPTY-BATCH"):
+        return _died(err, "BN-EMPTY-BATCH")
     if err:
         ok = bool(err["message"].strip())
         return [Outcome("BN-EMPTY-BATCH", ok, note=f"raised {err['type']}: {err['message'][:200]}")]
@@ -1029,7 +1060,7 @@ def _shift_conditioning(ctx, xs, ys, ys_exp, y_exp, u):
     of invariance of its own."""
     from .case import channel_kappa
     kappa = float(np.max(channel_kappa(xs, ctx.fa))) if np.size(xs) else 0.0
-    if kappa < ctx.kappa_thr or "BN-VAR-STABLE" not in ctx.applicable:
+    if kappa < ctx.kappa_thr or "BN-VAR-STABLE" not in ctx.applicable or ctx.case.dtype not in ("float32", "float64"):
         return None
     own = compare(ys, ys_exp, tolerance.y_train_bound(ctx.model, xs, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, ys_exp),
                   "output of the shifted input vs the oracle", key="extra/shift/y")
@@ -1105,7 +1136,7 @@ def fold(ctx: Ctx):
         for name, xx in (("double", 2 * x), ("zero", 0 * x)):
             exp = tolerance.in_dtype_range(A * xx + B, t["eval/y_dtype"])
             bound = tolerance.y_eval_bound(model or ctx.model, xx, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
-                                           ctx.u_out(t["eval/y_dtype"]), exp, profile.eps_placement)
+                                           ctx.u_out(t["eval/y_dtype"]), exp, _placement(ctx, profile))
             cmps.append(compare(t[f"post/{name}/y"], exp, bound, f"eval of {name} input vs folded affine map",
                                 key=f"post/{name}/y"))
         return _worst(cmps)
@@ -1148,7 +1179,8 @@ def run_checks(ctx: Ctx) -> list[Outcome]:
             res = [Outcome(c, False, note=f"check {fn.__name__} crashed: {type(exc).__name__}: {exc}", error=tb)
                    for c in EMITS.get(fn.__name__, ())]
         out.extend(o for o in res if o.clause in ctx.applicable)
-        measured = {k: v for o in res if not o.ok for k, v in o.measured.items() if k in ctx.profile.conventions}
+        measured = {k: v for o in res if not o.ok for k, v in o.measured.items() if k in ctx.profile.conventions
+                    and v in ctx.spec.conventions[k]["values"]}
         if measured:
             ctx.eff = ctx.eff.with_convention(**measured)
     return out

@@ -356,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure speed and detection power")
     p.add_argument("--json-out", default="reports/bench.json")
+    p.add_argument("--fault-seeds", default="0-9", help="seeds of the seeded-fault audits (e.g. 0-9 or 0,3)")
+    p.add_argument("--correct-seeds", default="0-49", help="seeds of the correct-kernel audits")
     p.add_argument("--tox", action="store_true", help="also run the default `tox` audit and measure its wall time "
                    "and peak memory (about 10 minutes; run `tox` once before so that environments are warm)")
     p.add_argument("--no-impls", action="store_true", help="skip the per-implementation table")

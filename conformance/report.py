@@ -132,6 +132,9 @@ def build(records: list[dict], spec, commit=None, archived=(), out_dir=None) -> 
     raw = [report_paths.clean_record(r, out_dir, roots) for r in records]
     kept = [report_paths.clean_record(r, out_dir, roots) for r in archived]
     current, others, suite = report_runs.split(raw, kept, commit)
+    # workers side by side append in the order they finish: the report does not follow it
+    current.sort(key=lambda r: tuple(str(r.get(k)) for k in ("kind", "implementation", "device", "dtype", "clause",
+                                                            "fact", "status")))
     for r in current:
         r["_platform"] = platform_label(r.get("platform"))
     facts = [r for r in current if r.get("kind") == "fact"]

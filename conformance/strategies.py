@@ -210,7 +210,8 @@ def fits(case: Case, caps: dict) -> bool:
     if case.feature_axis == case.rank - 1 and "last" in caps["feature_axes"]:
         where = "last"
     return (case.rank in caps["ranks"] and where in caps["feature_axes"] and case.dtype in caps["dtypes"]
-            and (case.momentum != DEFAULT or caps.get("default_momentum", True))
+            and (case.momentum != DEFAULT or caps.get("default_momentum", True)
+                 or not caps.get("explicit_momentum", True))   # no momentum to pass: drawn as default
             and (case.momentum is not None or caps.get("momentum_none", False))
             and (case.eps != DEFAULT or caps.get("default_eps", True))
             and (case.affine != "default" or caps.get("default_init", True))

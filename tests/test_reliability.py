@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bnconf import records
-from bnconf.known import apply_known, load_known
+from bnconf.known import load_known
 from bnconf.spec_loader import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,32 +65,6 @@ def test_a_cut_jsonl_line_is_reported_not_fatal(tmp_path):
     p.write_text(json.dumps({"implementation": "a", "clause": "BN-MEAN", "status": "pass"}) + "\n{\"implem")
     recs = records.read_jsonl([p])
     assert recs[0]["status"] == "pass" and recs[1]["status"] == "error" and f"{p}:2" in recs[1]["note"]
-
-
-def test_known_deviation_files_are_validated_and_applied(spec, tmp_path):
-    d = tmp_path
-    (d / "impl.x.yaml").write_text("implementation: impl.x\ndeviations:\n"
-                                   "  - clause: BN-MEAN\n    reason: r\n    link: l\n"
-                                   "  - clause: BN-AXES\n    dtypes: [float16]\n    reason: r\n    link: l\n"
-                                   "  - clause: BN-PURE\n    reason: stale\n    link: l\n")
-    entries = load_known("impl.x", spec, d)
-    recs = [{"implementation": "impl.x", "clause": "BN-MEAN", "dtype": "float32", "device": "cpu", "status": "fail"},
-            {"implementation": "impl.x", "clause": "BN-MEAN", "dtype": "float64", "device": "cpu", "status": "pass"},
-            {"implementation": "impl.x", "clause": "BN-AXES", "dtype": "float16", "device": "cpu", "status": "pass"}]
-    out = apply_known(recs, entries, "impl.x", "cpu")
-    # observed somewhere: known (the dtype where the sample did not show it stays a pass);
-    # observed nowhere: unexpected pass; matching nothing: stale error
-    assert [r["status"] for r in out] == ["known", "pass", "unexpected_pass", "error"]
-    out = out[1:]
-    assert "matches no result" in out[2]["note"] and "impl.x.yaml:10" in out[2]["note"]
-    (d / "impl.y.yaml").write_text("implementation: impl.y\ndeviations:\n  - clause: BN-" + "NOPE\n"
-                                   "    reason: r\n    link: l\n")
-    with pytest.raises(SpecError) as e:
-        load_known("impl.y", spec, d)
-    assert e.value.line == 3 and "unknown clause ID" in str(e.value)
-    (d / "impl.z.yaml").write_text("implementation: impl.z\ndeviations:\n  - clause: BN-MEAN\n    reason: r\n")
-    with pytest.raises(SpecError, match="deviations/0/link: is required"):
-        load_known("impl.z", spec, d)
 
 
 def test_every_shipped_known_deviation_file_is_valid(spec):

@@ -72,8 +72,9 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
         result = sync_engine.audit_sync(impl, device, spec, profile, max_examples=max_examples, seed=seed,
                                         shrink_budget=shrink_budget, progress=progress, quota=quota)
     except sync_engine.SyncUnsupported as exc:
-        return [rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", c.id,
-                                      "unsupported", f"the engine refuses it: {exc}") for c in clauses]
+        ids = [c.id for c in clauses] + [c for c in sync_engine.ATTRIBUTED if c not in {c.id for c in clauses}]
+        return [rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", cid,
+                                      "unsupported", f"the engine refuses it: {exc}") for cid in ids]
     # the single-device clauses a cross-replica finding can be attributed to always get a record:
     # the pytest items plan them before any case runs
     ids = [c.id for c in clauses] + sorted(({k[0] for k in result.tallies} | set(sync_engine.ATTRIBUTED))

@@ -874,8 +874,9 @@ def one_value(ctx: Ctx):
     err = _train_error(ctx)
     if err and err["unsupported"]:
         return []
-    if _died(err, "BN-ONE-VALUE"):
-        return _died(err, "BN-ONE-VALUE")
+    died = _died(err, "BN-ONE-VALUE")
+    if died:
+        return died
     want = ctx.profile.one_value_per_channel
     raised = err is not None and err["phase"] == "train_0"
     if want == "raises":
@@ -918,8 +919,9 @@ def empty_batch(ctx: Ctx):
     err = _train_error(ctx)
     if err and err["unsupported"]:
         return []
-    if _died(err, "BN-EMPTY-BATCH"):
-        return _died(err, "BN-EMPTY-BATCH")
+    died = _died(err, "BN-EMPTY-BATCH")
+    if died:
+        return died
     if err:
         ok = bool(err["message"].strip())
         return [Outcome("BN-EMPTY-BATCH", ok, note=f"raised {err['type']}: {err['message'][:200]}")]

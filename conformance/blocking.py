@@ -5,13 +5,23 @@ it fail too. A failing clause B is *blocked* by a failing clause A it depends on
 or through others) when the run shows that A's deviation explains B's failures:
 
 * A measured a convention or a default (eps outside the sqrt, Keras-form momentum,
-  eps = 1e-3, ...) and each of B's failing cases (one per kind of deviation) passes B once
+  eps = 1e-3, eps used twice over, ...) and each of B's failing cases (one per kind of deviation) passes B once
   the profile takes A's measured value: the failure is A's, seen again downstream; or
+* A measured a cause that names a variant of the judgement, and each of B's failing cases
+  passes B under it: the same case in the layout the implementation used (`feature_axis_used`),
+  without the scale and shift it ignored (`affine`), with the scale and shift it cannot do
+  without (`affine_off`), centred (`variance_algorithm`: a
+  variance that loses precision with conditioning), or judged by the error model of the
+  precision it computed in (`compute_dtype`); or
 * B depends on A directly and failed only on cases on which A failed too, and each of A's
   failures names its cause (A is a root that no convention re-judges: wrong reduction axes,
   a call that raises, a mutated input). Only
   a direct dependency: through a chain, co-failing with an unrelated root (eps placement fails
-  nearly every case) would hide an independent bug.
+  nearly every case) would hide an independent bug. A precision or conditioning root never
+  blocks a failure that measured a convention: rounding does not explain what a convention does.
+
+Precision clauses and the clauses they can disturb depend on each other; a clause that is
+blocked only by clauses that are themselves blocked (by it, in the end) stays a finding.
 
 A blocked clause is shown with its root, never counted as a finding. A dependent that also
 fails for a reason of its own (a case A's deviation does not explain) stays a finding.
@@ -20,7 +30,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-DEFAULTS = ("default_eps", "default_momentum")
+from .case import centred, in_layout
+
+DEFAULTS = ("default_eps", "default_momentum", "eps_scale", "running_var_eps")
+# measured cause -> the same case without it
+CASE_VARIANTS = {
+    "feature_axis_used": lambda case, axis: in_layout(case, axis),
+    "affine": lambda case, v: case.replace(affine="off") if v == "ignored" and case.affine != "off" else None,
+    "affine_off": lambda case, v: case.replace(affine="random") if v == "raises" and case.affine == "off" else None,
+    # two values per channel centre to (a, -a), exact in any precision: no evidence there
+    "variance_algorithm": lambda case, v: centred(case) if v == "one_pass" and not case.centred
+    and case.n_per_channel > 2 else None,
+}
+MODEL_VARIANT = "compute_dtype"     # measured precision -> judged by that precision's error model
+NUMERIC = ("compute_dtype", "variance_algorithm")
 
 
 def ancestors(spec, cid: str) -> set[str]:
@@ -55,11 +78,35 @@ def find_blocked(tallies: dict, spec, profile, rejudge) -> dict:
     for (cid, dtype), t in sorted(failing.items()):
         roots = []
         direct = set(spec.clauses[cid].depends_on)
-        for root in sorted(ancestors(spec, cid) & set(by_clause)):
+        for root in sorted((ancestors(spec, cid) - {cid}) & set(by_clause)):
             if _explains(root, by_clause[root], cid, t, profile, rejudge, root in direct):
                 roots.append(root)
         if roots:
             out[(cid, dtype)] = roots
+    return _live_roots(out, failing)
+
+
+def _live_roots(blocked: dict, failing: dict) -> dict:
+    """Each blocked tally's roots, resolved to clauses that are findings themselves: a root
+    whose every failing tally is blocked hands on its own roots; a tally left with none (its
+    roots all lead back to it) is a finding."""
+    def live(cid):
+        return any(key not in blocked for key in failing if key[0] == cid)
+
+    out = {}
+    for key, roots in blocked.items():
+        seen, todo, found = {key[0]}, list(roots), set()
+        while todo:
+            r = todo.pop()
+            if r in seen:
+                continue
+            seen.add(r)
+            if live(r):
+                found.add(r)
+            else:
+                todo.extend(x for k, rs in blocked.items() if k[0] == r for x in rs)
+        if found:
+            out[key] = sorted(found)
     return out
 
 
@@ -71,21 +118,53 @@ def _attributed(root_tallies) -> bool:
 
 
 def _explains(root, root_tallies, cid, t, profile, rejudge, direct) -> bool:
-    failed_with_root = set().union(*(rt.failed_at for rt in root_tallies))
-    if direct and t.failed_at <= failed_with_root and _attributed(root_tallies):
-        return True
     measured = {}
     for rt in root_tallies:
         for k, v in rt.fail_measured.items():
             measured.setdefault(k, v)
-    variant = variant_profile(profile, measured)
-    if variant is None:
+    failed_with_root = set().union(*(rt.failed_at for rt in root_tallies))
+    if direct and t.failed_at <= failed_with_root and _attributed(root_tallies) \
+            and not (measured and all(k in NUMERIC for k in measured) and _names_convention(t)):
+        return True
+    # each kind of the root's deviation is its own explanation (a stray match of another
+    # convention on one case must not be mixed into the one that explains the rest)
+    explanations = []
+    for rt in root_tallies:
+        for kind, (count, _) in sorted(rt.kinds.items(), key=lambda kv: -kv[1][0]):
+            m = rt.kind_measured.get(kind) or {}
+            if m and m not in explanations:
+                explanations.append(m)
+    if not explanations:
         return False
-    for _, case in t.kinds.values():
-        try:
-            outs = rejudge(case, variant)
-        except Exception:
-            return False
-        if any(o.clause == cid and not o.ok for o in outs):
+    for kind, (_, case) in t.kinds.items():
+        own = t.kind_measured.get(kind) or {}
+        if not any(_passes_under(m, case, cid, own, profile, rejudge) for m in explanations):
             return False
     return True
+
+
+def _names_convention(t) -> bool:
+    """A failure of the tally measured a convention (not an unexplained quantity)."""
+    return any(k not in NUMERIC and v != "other" for m in t.kind_measured.values() for k, v in m.items())
+
+
+def _passes_under(measured, case, cid, own, profile, rejudge) -> bool:
+    """Does B's failing case pass B once the judgement takes what the root measured? `own`:
+    what B's failure itself measured."""
+    if all(k in NUMERIC for k in measured) and any(k not in NUMERIC and v != "other" for k, v in own.items()):
+        return False      # rounding or conditioning never explains what a convention does
+    variant = variant_profile(profile, measured) or profile
+    compute = measured.get(MODEL_VARIANT)
+    judged = case
+    for k in sorted(measured):
+        if k in CASE_VARIANTS:
+            judged = CASE_VARIANTS[k](judged, measured[k]) or judged
+    if judged is case and variant is profile and (compute is None or compute == case.dtype):
+        return False      # nothing the root measured changes this case's judgement
+    try:
+        outs = rejudge(judged, variant, compute)
+    except Exception:
+        return False
+    # a clause the re-judged case does not reach passes too: the case only reached it through
+    # the root's deviation (a kernel that ignores the axis does not raise on one value per channel)
+    return not any(o.clause == cid and not o.ok for o in outs)

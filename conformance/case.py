@@ -63,6 +63,23 @@ class Case:
         return json.dumps(self.to_json(), sort_keys=True)
 
 
+def centred(case: Case) -> Case:
+    """The same case's data with every channel's sample mean removed (a constant channel becomes
+    exactly 0): what a variance algorithm's loss of precision must disappear on."""
+    return case.replace(kappa=0.0, centred=True)
+
+
+def in_layout(case: Case, feature_axis: int) -> Case:
+    """The same case with its channel dimension moved to `feature_axis` (channels first or
+    last): what an implementation that ignores the axis it is given would get right."""
+    shape = list(case.shape)
+    channels = shape.pop(case.feature_axis)
+    axis = feature_axis % case.rank
+    shape.insert(axis, channels)
+    return case.replace(shape=tuple(shape), feature_axis=axis,
+                        memory_format="contiguous" if axis != 1 else case.memory_format)
+
+
 def round_to_bfloat16(a: np.ndarray) -> np.ndarray:
     """Round float32 values to the nearest bfloat16 (ties to even), kept in a float32 array."""
     a = np.asarray(a, np.float32)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from . import oracle, tolerance
-from .case import Case, cast
+from .case import Case, cast, centred
 from .tolerance import Comparison, compare
 
 # Alternatives tried when a quantity deviates (attribution), per convention field.
@@ -31,6 +31,7 @@ FLIPS = {
 # a number standing alone (not the 16 of float16): blanked in a deviation's kind
 _NUMBER = re.compile(r"(?<![A-Za-z_\d.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 EPS_CANDIDATES = (1e-5, 1e-3, 2e-5, 1e-6, 1e-4, 1e-12, 0.0)
+EPS_FACTORS = (2.0, 0.5, 10.0, 0.1)   # eps added twice, halved, or off by a power of ten
 MOMENTUM_CANDIDATES = (0.1, 0.9, 0.99, 0.01, 0.999, 0.001, 1.0, 0.0)
 
 
@@ -70,7 +71,7 @@ class Ctx:
         self.model = tolerance.model_for(self.spec.tolerance, self.case.dtype)
         self.fa = self.case.feature_axis
         p = self.profile
-        self.eps = p.default_eps if self.case.eps == "default" else float(self.case.eps)
+        self.eps = (p.default_eps if self.case.eps == "default" else float(self.case.eps)) * p.eps_scale
         self.momentum = p.default_momentum if self.case.momentum == "default" else self.case.momentum
         self.weight = self.arrays.get("weight")
         self.bias = self.arrays.get("bias")
@@ -115,6 +116,9 @@ class Ctx:
 
 CHECKS: dict[str, Callable] = {}
 EMITS: dict[str, tuple[str, ...]] = {}
+# what numeric_attribution can name instead of the check's own clause (float32(eps) is an eps
+# placement finding); every check that calls it declares them (lint_emissions holds it to that)
+NUMERIC = ("BN-DTYPE-F64", "BN-DTYPE-ACCUM", "BN-VAR-STABLE", "BN-EPS-INSIDE")
 
 
 def check(*names, emits=()):
@@ -172,7 +176,7 @@ def _y_train_cmp(ctx, profile, model, eps, skip_constant=False):
             return compare(y_act, y_exp, 0.0, key=key)
         bound = tolerance.y_train_bound(model, np.where(mask, x, 0), ctx.weight, ctx.bias, eps, ctx.fa,
                                         ctx.u_out(ctx.trace[f"train_{k}/y_dtype"]), _masked(y_exp, mask),
-                                        _placement(ctx, profile))
+                                        _placement(ctx, profile), profile.reduction)
         cmps.append(compare(_masked(y_act, mask), _masked(y_exp, mask), np.where(mask, bound, np.inf),
                             note=f"training step {k}", key=key))
     return _worst(cmps)
@@ -191,7 +195,14 @@ def y_train(ctx: Ctx):
     if not _trainable_case(ctx):
         return []
     if "error" in ctx.trace and ctx.trace["error"]["phase"].startswith(("build", "train")):
-        return [] if ctx.trace["error"]["unsupported"] else [_failed_call(ctx, "BN-NORMALIZE")]
+        if ctx.trace["error"]["unsupported"]:
+            return []
+        if ctx.case.affine == "off" and ctx.rerun is not None \
+                and _passes(ctx, ctx.case.replace(affine="random"), "BN-NORMALIZE"):
+            out = _failed_call(ctx, "BN-AFFINE-OFF")   # raises only without gamma and beta
+            out.measured = {"affine_off": "raises"}
+            return [out]
+        return [_failed_call(ctx, "BN-NORMALIZE")]
     base = _y_train_cmp(ctx, ctx.profile, ctx.model, ctx.eps)
     if base is None:
         return []
@@ -248,20 +259,51 @@ def _kappas(ctx):
     return np.concatenate(ks) if ks else np.zeros(1)
 
 
-def convention_attribution(ctx, base, cmp_under):
+def convention_attribution(ctx, base, cmp_under, expect):
     """If flipping one forward convention makes cmp_under(profile) pass, the failure is that
     convention's clause. Returns an Outcome or None. A marginal failure (ratio <= 2) is not
-    evidence for a convention: rounding can flip it."""
+    evidence for a convention: rounding can flip it. expect(profile) gives the (expected,
+    bound) arrays: the two conventions must differ by DISTINCT times the wider bound somewhere,
+    or an alternative whose own bound is huge (a running variance near eps under
+    sqrt(var - eps)) "passes" anything."""
     if base.ratio <= 2:
         return None
     for fld in ("eps_placement", "normalize_variance"):
         for alt in (v for v in FLIPS[fld] if v != ctx.eff.conventions[fld] and
                     not (ctx.case.dtype not in ("float32", "float64") and v in ATTRIBUTION_ONLY)):
+            alt_profile = ctx.eff.with_convention(**{fld: alt})
             with np.errstate(all="ignore"):
-                cmp = cmp_under(ctx.eff.with_convention(**{fld: alt}))
+                cmp = cmp_under(alt_profile)
+                (e_s, b_s), (e_a, b_a) = expect(ctx.eff), expect(alt_profile)
+                fine = np.isfinite(e_s) & np.isfinite(e_a) & np.isfinite(b_s) & np.isfinite(b_a)
+                distinct = np.any((np.abs(e_s - e_a) > DISTINCT * np.maximum(b_s, b_a))[fine])
             clause = ctx.clause_for(fld)
-            if cmp is not None and cmp.ok and clause:
+            if cmp is not None and cmp.ok and clause and distinct:
                 return Outcome(clause, False, base, f"matches {fld}={alt}", {fld: alt})
+    return None
+
+
+def _feature_axis_used(ctx):
+    """BN-AXES: the other conventional feature axis (channels first or last) that the output
+    was normalized along, or None. Judged where the parameters fit that axis (affine off, or as
+    many scales as that axis has positions) and the two axes' outputs are distinguishable."""
+    case = ctx.case
+    y = ctx.trace.get("train_0/y")
+    if case.rank < 3 or y is None or np.shape(y) != case.shape or case.dtype not in ("float32", "float64"):
+        return None
+    x = ctx.arrays["x_train_0"]
+    for alt in (1, case.rank - 1):
+        if alt == case.feature_axis or (ctx.weight is not None and np.size(ctx.weight) != x.shape[alt]):
+            continue
+        with np.errstate(all="ignore"):
+            y_alt = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, alt, ctx.eff)[0]
+            y_spec = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.eff)[0]
+            u = ctx.u_out(ctx.trace.get("train_0/y_dtype", case.dtype))
+            bound = tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, alt, u, y_alt,
+                                            _placement(ctx, ctx.eff))
+            fine = np.isfinite(y_alt) & np.isfinite(y_spec) & np.isfinite(bound)
+        if np.any(np.abs(y_alt - y_spec)[fine] > DISTINCT * bound[fine]) and compare(y, y_alt, bound).ok:
+            return alt
     return None
 
 
@@ -392,20 +434,25 @@ def _passes(ctx, variant, clause, key: str = "") -> bool:
         outs = ctx.rerun(variant)
     except Exception:
         return False
-    return not any(not o.ok and (o.clause == clause or (key and o.comparison is not None and o.comparison.key == key))
-                   for o in outs)
+
+    def about(o):
+        return o.clause == clause or (key and o.comparison is not None and o.comparison.key == key)
+    # positive evidence only: a variant the clause is not judged on (its check does not apply
+    # there) is no pass
+    return any(about(o) for o in outs) and not any(not o.ok and about(o) for o in outs)
 
 
 DISTINCT = 4.0
 
 
-def _distinguishable(ctx, alt_profile, eps=None) -> bool:
+def _distinguishable(ctx, alt_profile, eps=None, model=None) -> bool:
     """A convention flip is evidence only where the two conventions' outputs differ by several
     times the bound (DISTINCT) at a point where both are finite. Otherwise a low-precision case
     a few ulps off matches either by rounding (torch float16 at eps=0.029, 3.4x the bound), and
     a NaN from another cause (a negative one-pass variance) "matches" the NaN that
     sqrt(var - eps) gives on a constant channel."""
     alt_eps = ctx.eps if eps is None else eps
+    model = model or ctx.model
     for k in range(ctx.case.steps):
         x = ctx.arrays[f"x_train_{k}"]
         mask = ctx.channel_mask(x.shape)
@@ -417,20 +464,14 @@ def _distinguishable(ctx, alt_profile, eps=None) -> bool:
             # the wider of the two bounds: an alternative whose own bound is huge (eps = 0 on a
             # near-constant channel) "passes" anything and is no evidence
             bound = np.maximum(
-                tolerance.y_train_bound(ctx.model, xm, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, _masked(y_spec, mask),
+                tolerance.y_train_bound(model, xm, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, _masked(y_spec, mask),
                                         _placement(ctx, ctx.profile)),
-                tolerance.y_train_bound(ctx.model, xm, ctx.weight, ctx.bias, alt_eps, ctx.fa, u, _masked(y_alt, mask),
+                tolerance.y_train_bound(model, xm, ctx.weight, ctx.bias, alt_eps, ctx.fa, u, _masked(y_alt, mask),
                                         _placement(ctx, alt_profile)))
             both = mask & np.isfinite(y_spec) & np.isfinite(y_alt) & np.isfinite(bound)
             if np.any(np.abs(y_spec - y_alt)[both] > DISTINCT * bound[both]):
                 return True
     return False
-
-
-def centred(case: Case) -> Case:
-    """The same case's data with every channel's sample mean removed (a constant channel becomes
-    exactly 0): what a variance algorithm's loss of precision must disappear on."""
-    return case.replace(kappa=0.0, centred=True)
 
 
 def _holds_centred(ctx, clause, key: str = "") -> bool:
@@ -462,18 +503,41 @@ def _placement(ctx, profile) -> str:
 
 def _attribute_y(ctx, base, kappa, covered):
     case = ctx.case
+    fits = []
     for fld in ("eps_placement", "normalize_variance", "reduction") if base.ratio > 2 else ():
         for alt in _flips(ctx, fld):
             alt_profile = ctx.profile.with_convention(**{fld: alt})
             with np.errstate(all="ignore"):
                 cmp = _y_train_cmp(ctx, alt_profile, ctx.model, ctx.eps, skip_constant=True)
-            clause = ctx.clause_for(fld)
-            if cmp is not None and cmp.ok and clause and _distinguishable(ctx, alt_profile) \
-                    and _holds_centred(ctx, clause, base.key):
-                return Outcome(clause, False, base, f"matches {fld}={alt}", {fld: alt})
+            if cmp is not None and cmp.ok and ctx.clause_for(fld):
+                fits.append((cmp.ratio, fld, alt, alt_profile))
+    if fits:
+        # only the best fit is evidence: a flip that fits within its bound while another fits
+        # far closer (eps outside the sqrt at |mean|/std = 300 also "passes" as unbiased
+        # normalization, at 0.9 of the bound) says nothing
+        _, fld, alt, alt_profile = min(fits, key=lambda f: f[0])
+        clause = ctx.clause_for(fld)
+        # a convention no profile follows must also stand out from float32 rounding: float32
+        # arithmetic on two values per channel rounds x_hat = +-sqrt(var/(var + eps)) to
+        # exactly +-1, what eps absent gives
+        floor = ctx.model.with_compute("float32") if alt in ATTRIBUTION_ONLY and case.dtype == "float64" else None
+        if _distinguishable(ctx, alt_profile, model=floor) and _holds_centred(ctx, clause, base.key):
+            return Outcome(clause, False, base, f"matches {fld}={alt}", {fld: alt})
+    used = _feature_axis_used(ctx) if base.ratio > 2 else None
+    if used is not None:
+        return Outcome("BN-AXES", False, base, f"matches feature_axis={used}: the feature axis it was given "
+                       f"({case.feature_axis}) was ignored", {"feature_axis_used": used})
     if case_affine_ignored(ctx):
         return Outcome("BN-AFFINE", False, base, "matches the output with gamma = 1 and beta = 0: the scale and "
-                       "shift passed were ignored")
+                       "shift passed were ignored", {"affine": "ignored"})
+    if case.eps != "default" and case.dtype in ("float32", "float64") and base.ratio > 2 \
+            and ctx.clause_for("eps_placement"):
+        for k in EPS_FACTORS:
+            cmp = _y_train_cmp(ctx, ctx.profile, ctx.model, ctx.eps * k)
+            if cmp is not None and cmp.ok and _distinguishable(ctx, ctx.profile, eps=ctx.eps * k) \
+                    and _holds_centred(ctx, ctx.clause_for("eps_placement"), base.key):
+                return Outcome(ctx.clause_for("eps_placement"), False, base, f"matches {k:g} eps: eps is not used "
+                               "as given", {"eps_scale": k})
     if case.eps == "default" and case.dtype in ("float32", "float64") and base.ratio > 2:  # clear deviations only
         for e in EPS_CANDIDATES:
             if ctx.eps is not None and np.isclose(e, ctx.eps):
@@ -502,7 +566,7 @@ def _attribute_y(ctx, base, kappa, covered):
     return Outcome("BN-NORMALIZE", False, base)
 
 
-@check("mean_relation", emits=("BN-MEAN",))
+@check("mean_relation", emits=("BN-MEAN", *NUMERIC))
 def mean_relation(ctx: Ctx):
     """BN-MEAN: whatever the variance convention, each channel's output averages to beta."""
     if not _trainable_case(ctx) or "train_0/y" not in ctx.trace or ctx.case.special != "none":
@@ -556,7 +620,8 @@ def _running_expected(ctx, profile, momentum, model=None):
     out = []
     for k, x in enumerate(batches):
         mean, var, n = oracle.batch_stats(x, ctx.fa)
-        state = oracle.update_running(state, mean.reshape(-1), var.reshape(-1), n, momentum, profile)
+        state = oracle.update_running(state, mean.reshape(-1), var.reshape(-1), n, momentum, profile,
+                                      profile.running_var_eps * (ctx.eps or 0.0))
         out.append((state[0], state[1], bounds[k][0], bounds[k][1]))
     return out
 
@@ -598,7 +663,7 @@ def _never_updated(ctx) -> bool:
 
 @check("running_stats", "running_stats_cumulative", "default_momentum",
        emits=("BN-MOMENTUM-BATCH-WEIGHT", "BN-MOMENTUM-OLD-WEIGHT", "BN-MOMENTUM-CUMULATIVE", "BN-MOMENTUM-DEBIASED",
-              "BN-RUNVAR-UNBIASED", "BN-RUNVAR-BIASED", "BN-DEFAULT-MOMENTUM"))
+              "BN-RUNVAR-UNBIASED", "BN-RUNVAR-BIASED", "BN-DEFAULT-MOMENTUM", *NUMERIC))
 def running_stats(ctx: Ctx):
     p, case = ctx.profile, ctx.case
     if p.momentum_form == "none" or not case.track_running_stats or not _trainable_case(ctx):
@@ -635,6 +700,12 @@ def running_stats(ctx: Ctx):
                 # a marginal failure is no evidence (rounding), nor one the two estimators agree on
                 return out + [Outcome(v_clause, False, cv, f"matches running_variance={alt}",
                                       {"running_variance": alt})]
+        if ctx.eps:
+            alt_p = replace(p, running_var_eps=1.0)
+            _, cv2 = _running_cmp(ctx, alt_p, ctx.momentum)
+            if cv2 is not None and cv2.ok and cv.ratio > 2 and _running_var_distinct(ctx, alt_p):
+                return out + [Outcome(v_clause, False, cv, "matches the running variance fed var + eps",
+                                      {"running_var_eps": 1.0})]
         return out + [numeric_attribution(ctx, v_clause, lambda m: _running_cmp(ctx, p, ctx.momentum, m)[1], cv)]
     if not cumulative and p.momentum_form in FLIPS["momentum_form"] and max(cm.ratio, cv.ratio) > 2:
         alt = next(v for v in FLIPS["momentum_form"] if v != p.momentum_form)
@@ -696,7 +767,7 @@ def _eval_tracked(ctx):
     return ctx.case.track_running_stats and ctx.profile.momentum_form != "none"
 
 
-@check("y_eval", emits=("BN-EVAL-RUNNING",))
+@check("y_eval", emits=("BN-EVAL-RUNNING", *NUMERIC))
 def y_eval(ctx: Ctx):
     if not _eval_tracked(ctx) or "eval/y" not in ctx.trace or ctx.case.special != "none":
         return []
@@ -706,11 +777,15 @@ def y_eval(ctx: Ctx):
     x = ctx.arrays["x_eval"]
     m = oracle._per_feature(rm, x.ndim, ctx.fa)
     v = oracle._per_feature(rv, x.ndim, ctx.fa)
-    def cmp_under(profile, model=None):
+
+    def expect(profile, model=None):
         ye = tolerance.in_dtype_range(oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa,
                                                        profile.eps_placement), ctx.trace["eval/y_dtype"])
-        bound = tolerance.y_eval_bound(model or ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
-                                       ctx.u_out(ctx.trace["eval/y_dtype"]), ye, _placement(ctx, profile))
+        return ye, tolerance.y_eval_bound(model or ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
+                                          ctx.u_out(ctx.trace["eval/y_dtype"]), ye, _placement(ctx, profile))
+
+    def cmp_under(profile, model=None):
+        ye, bound = expect(profile, model)
         return compare(ctx.trace["eval/y"], ye, bound, "eval output with the reported running statistics",
                        key="eval/y")
 
@@ -718,7 +793,7 @@ def y_eval(ctx: Ctx):
         return cmp_under(ctx.eff, model)
     cmp = cmp_fn(ctx.model)
     if not cmp.ok:
-        conv = convention_attribution(ctx, cmp, cmp_under)
+        conv = convention_attribution(ctx, cmp, cmp_under, expect)
         if conv is not None:
             return [conv]
     if cmp.ok:
@@ -739,7 +814,7 @@ def y_eval(ctx: Ctx):
     return [numeric_attribution(ctx, "BN-EVAL-RUNNING", cmp_fn, cmp, conditioning=False)]
 
 
-@check("y_eval_no_running", emits=("BN-EVAL-BATCH",))
+@check("y_eval_no_running", emits=("BN-EVAL-BATCH", *NUMERIC))
 def y_eval_no_running(ctx: Ctx):
     if _eval_tracked(ctx) or "eval/y" not in ctx.trace or ctx.case.special != "none" or not _trainable_case(ctx):
         return []
@@ -778,7 +853,7 @@ def _grad_comparison(ctx, phase, exp, bounds):
     return _worst(cmps)
 
 
-@check("grads_train", emits=("BN-GRAD-TRAIN",))
+@check("grads_train", emits=("BN-GRAD-TRAIN", *NUMERIC))
 def grads_train(ctx: Ctx):
     if "train_0/dx" not in ctx.trace or not _trainable_case(ctx) or ctx.case.special != "none" \
             or not ctx.standard_forward():
@@ -796,7 +871,7 @@ def grads_train(ctx: Ctx):
     return [Outcome("BN-GRAD-TRAIN", w.ok, w)]
 
 
-@check("grads_eval", emits=("BN-GRAD-EVAL",))
+@check("grads_eval", emits=("BN-GRAD-EVAL", *NUMERIC))
 def grads_eval(ctx: Ctx):
     if "eval/dx" not in ctx.trace or ctx.case.special != "none" or not _trainable_case(ctx) \
             or not ctx.standard_forward():
@@ -888,9 +963,10 @@ def one_value(ctx: Ctx):
         return [Outcome("BN-ONE-VALUE", False, note=f"raised {err['type']}: {err['message'][:200]}",
                         measured={"one_value_per_channel": "raises"})]
     kind = _one_value_kind(ctx)
-    beta = np.zeros(case.num_features) if ctx.bias is None else np.asarray(ctx.bias, np.float64)
     y = ctx.trace.get("train_0/y")
-    exp = np.broadcast_to(oracle._per_feature(beta, case.rank, ctx.fa), case.shape)
+    # beta under the spec's forward conventions; under a variant (a root's measured convention,
+    # blocking.py) whatever that convention gives, NaN for eps absent included
+    exp = oracle.train_forward(ctx.arrays["x_train_0"], ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.profile)[0]
     u = ctx.u_out(ctx.trace.get("train_0/y_dtype", case.dtype))
     bound = tolerance.y_train_bound(ctx.model, ctx.arrays["x_train_0"], ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, exp)
     cmp = compare(y, exp, bound, "training output with n = 1", key="train_0/y")
@@ -981,7 +1057,7 @@ def _shifted(case: Case, x):
     return cast(xd + cast(shift, case.dtype).astype(np.float64), case.dtype)
 
 
-@check("axes_relation", emits=("BN-AXES",))
+@check("axes_relation", emits=("BN-AXES", *NUMERIC))
 def axes_relation(ctx: Ctx):
     """BN-AXES without any convention: permuting positions along the reduced axes permutes
     the output, and changing one channel leaves the other channels' outputs alone."""
@@ -1026,7 +1102,7 @@ def axes_relation(ctx: Ctx):
     return [Outcome("BN-AXES", w.ok, w, measured={} if w.ok else {"reduction": "other"})]
 
 
-@check("shift_invariance", emits=("BN-SHIFT-INVARIANCE", "BN-VAR-STABLE"))
+@check("shift_invariance", emits=("BN-SHIFT-INVARIANCE", *NUMERIC))
 def shift_invariance(ctx: Ctx):
     t = ctx.trace
     raised = _relation_raised(ctx, "BN-SHIFT-INVARIANCE", ("shift",))
@@ -1075,7 +1151,7 @@ def _shift_conditioning(ctx, xs, ys, ys_exp, y_exp, u):
                    "the model while the unshifted input is within it", {"variance_algorithm": "one_pass"})
 
 
-@check("scale_invariance", emits=("BN-SCALE-INVARIANCE",))
+@check("scale_invariance", emits=("BN-SCALE-INVARIANCE", *NUMERIC))
 def scale_invariance(ctx: Ctx):
     t = ctx.trace
     raised = _relation_raised(ctx, "BN-SCALE-INVARIANCE", ("scale",))
@@ -1097,18 +1173,21 @@ def scale_invariance(ctx: Ctx):
                        f"y(a x; a^2 eps) vs y(x; eps), a = {over['_scale']:g}", key="extra/scale/y")
     cmp = cmp_fn(ctx.model)
     if not cmp.ok:
-        def cmp_under(profile):  # does the convention predict the scaled output itself?
+        def expect(profile):  # does the convention predict the scaled output itself?
             pred = oracle.train_forward(xs, ctx.weight, ctx.bias, eps_s, ctx.fa, profile)[0]
-            b2 = tolerance.y_train_bound(ctx.model, xs, ctx.weight, ctx.bias, eps_s, ctx.fa, u, pred)
-            return compare(t["extra/scale/y"], pred, b2)
-        conv = convention_attribution(ctx, cmp, cmp_under)
+            return pred, tolerance.y_train_bound(ctx.model, xs, ctx.weight, ctx.bias, eps_s, ctx.fa, u, pred,
+                                                 _placement(ctx, profile))
+
+        def cmp_under(profile):
+            return compare(t["extra/scale/y"], *expect(profile))
+        conv = convention_attribution(ctx, cmp, cmp_under, expect)
         if conv is not None:
             return [conv]
         return [numeric_attribution(ctx, "BN-SCALE-INVARIANCE", cmp_fn, cmp, conditioning=False)]
     return [Outcome("BN-SCALE-INVARIANCE", cmp.ok, cmp)]
 
 
-@check("fold", emits=("BN-FOLD",))
+@check("fold", emits=("BN-FOLD", *NUMERIC))
 def fold(ctx: Ctx):
     """BN-FOLD: the eval map is the per-feature affine map a x + b with a and b folded from
     the reported statistics; checked on 2x and 0, where a non-affine map shows."""
@@ -1127,27 +1206,35 @@ def fold(ctx: Ctx):
     g = np.ones(ctx.case.num_features) if ctx.weight is None else np.asarray(ctx.weight, np.float64)
     b = np.zeros(ctx.case.num_features) if ctx.bias is None else np.asarray(ctx.bias, np.float64)
 
-    def cmp_under(profile, model=None):
+    def expected(profile, model=None):
+        """name -> (expected, bound) for the doubled and the zero input."""
         rvv = np.asarray(rv, np.float64)
         with np.errstate(all="ignore"):
             a = oracle.normalize(np.ones_like(rvv), 0.0, rvv, ctx.eps, None, None, 0, profile.eps_placement)
         a = g * a
         A = oracle._per_feature(a, x.ndim, ctx.fa)
         B = oracle._per_feature(b - a * np.asarray(rm, np.float64), x.ndim, ctx.fa)
-        cmps = []
+        out = {}
         for name, xx in (("double", 2 * x), ("zero", 0 * x)):
             exp = tolerance.in_dtype_range(A * xx + B, t["eval/y_dtype"])
-            bound = tolerance.y_eval_bound(model or ctx.model, xx, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa,
-                                           ctx.u_out(t["eval/y_dtype"]), exp, _placement(ctx, profile))
-            cmps.append(compare(t[f"post/{name}/y"], exp, bound, f"eval of {name} input vs folded affine map",
-                                key=f"post/{name}/y"))
-        return _worst(cmps)
+            out[name] = exp, tolerance.y_eval_bound(model or ctx.model, xx, ctx.weight, ctx.bias, rm, rv, ctx.eps,
+                                                    ctx.fa, ctx.u_out(t["eval/y_dtype"]), exp,
+                                                    _placement(ctx, profile))
+        return out
+
+    def expect(profile):
+        e = expected(profile)
+        return (np.concatenate([e[k][0].reshape(-1) for k in e]), np.concatenate([e[k][1].reshape(-1) for k in e]))
+
+    def cmp_under(profile, model=None):
+        return _worst([compare(t[f"post/{name}/y"], exp, bound, f"eval of {name} input vs folded affine map",
+                               key=f"post/{name}/y") for name, (exp, bound) in expected(profile, model).items()])
 
     def cmp_fn(model):
         return cmp_under(ctx.eff, model)
     w = cmp_fn(ctx.model)
     if not w.ok:
-        conv = convention_attribution(ctx, w, cmp_under)
+        conv = convention_attribution(ctx, w, cmp_under, expect)
         if conv is not None:
             return [conv]
         return [numeric_attribution(ctx, "BN-FOLD", cmp_fn, w, conditioning=False)]
@@ -1162,8 +1249,10 @@ def post_eval_inputs(case: Case, arrays: dict) -> list:
     return [("double", cast(x.astype(np.float64) * 2, case.dtype)), ("zero", cast(x * 0, case.dtype))]
 
 
-def run_checks(ctx: Ctx) -> list[Outcome]:
-    """Every distinct check once; outcomes only for clauses that apply to the profile."""
+def run_checks(ctx: Ctx, emitted: dict | None = None) -> list[Outcome]:
+    """Every distinct check once; outcomes only for clauses that apply to the profile.
+    `emitted` (check function name -> clause IDs) collects what each check really emitted,
+    before the profile's filter: the lint holds the spec and EMITS to it."""
     err = ctx.trace.get("error")
     if err and err["phase"] == "build":
         if err["unsupported"]:
@@ -1180,6 +1269,8 @@ def run_checks(ctx: Ctx) -> list[Outcome]:
             tb = traceback.format_exc()
             res = [Outcome(c, False, note=f"check {fn.__name__} crashed: {type(exc).__name__}: {exc}", error=tb)
                    for c in EMITS.get(fn.__name__, ())]
+        if emitted is not None:
+            emitted.setdefault(fn.__name__, set()).update(o.clause for o in res if o.error is None)
         out.extend(o for o in res if o.clause in ctx.applicable)
         measured = {k: v for o in res if not o.ok for k, v in o.measured.items() if k in ctx.profile.conventions
                     and v in ctx.spec.conventions[k]["values"]}

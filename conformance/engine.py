@@ -74,16 +74,22 @@ def run_case(impl, case: Case, device: str):
     return arrays, params, trace, relations, post
 
 
-def evaluate(impl, case: Case, device: str, spec, profile, applicable: set, nested: bool = False):
+def evaluate(impl, case: Case, device: str, spec, profile, applicable: set, nested: bool = False,
+             compute: str | None = None, emitted: dict | None = None):
+    """The case's outcomes; `compute` judges it by the error model of another compute precision
+    (a precision root's re-judgement, blocking.py)."""
     import warnings
     with np.errstate(all="ignore"), warnings.catch_warnings():  # NaN/Inf/empty cases are deliberate
         warnings.simplefilter("ignore")
         arrays, params, trace, relations, _ = run_case(impl, case, device)
         ctx = Ctx(case, arrays, trace, profile, spec, applicable)
+        if compute is not None:
+            ctx.model = ctx.model.with_compute(compute)
         ctx.relations = {name: (x, over) for name, _, x, over in relations}
         if not nested:
-            ctx.rerun = lambda variant: evaluate(impl, variant, device, spec, profile, applicable, nested=True)[0]
-        return checks_mod.run_checks(ctx), trace, arrays
+            ctx.rerun = lambda variant: evaluate(impl, variant, device, spec, profile, applicable, nested=True,
+                                                 emitted=emitted)[0]
+        return checks_mod.run_checks(ctx, emitted), trace, arrays
 
 
 @dataclass
@@ -99,6 +105,7 @@ class ClauseTally:
     kinds: dict = field(default_factory=dict)     # deviation kind -> [failed cases, the smallest of them]
     failed_at: set = field(default_factory=set)   # numbers of the cases that failed (root causes: blocking.py)
     fail_measured: dict = field(default_factory=dict)   # conventions the failures measured, first value each
+    kind_measured: dict = field(default_factory=dict)   # deviation kind -> what its first failure measured
     errors: int = 0                     # cases on which bnconf itself failed to judge the clause
     error: Outcome | None = None        # the first of them (its traceback)
     error_case: Case | None = None
@@ -125,6 +132,7 @@ class ClauseTally:
             self.failed_at.add(index)
             for key, value in bad.measured.items():
                 self.fail_measured.setdefault(key, value)
+            self.kind_measured.setdefault(bad.kind, dict(bad.measured))
             k = self.kinds.setdefault(bad.kind, [0, case])
             k[0] += 1
             if _size(case) < _size(k[1]):
@@ -347,12 +355,12 @@ def aimed_strategies(make):
 
 
 def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed=0, shrink_budget=30,
-                         progress=None, deadline_s=None, quota=DEFAULT_QUOTA) -> AuditResult:
+                         progress=None, deadline_s=None, quota=DEFAULT_QUOTA, emitted=None) -> AuditResult:
     """Explore cases with hypothesis, tally every outcome, shrink each failing clause's case.
 
     quota: at least this many cases per applicable clause (aimed with quota.py, capped at
     max_examples cases in all, default CAP_PER_QUOTA x quota); None draws max_examples
-    cases blindly."""
+    cases blindly. emitted: collects check name -> clause IDs it emitted (the lint)."""
     max_examples = cap_for(quota, max_examples)
     from .quota import QuotaScheduler
     from .strategies import cases, layout_pool, meets, merge_focus, pinned_for
@@ -369,12 +377,13 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed
     t0 = time.perf_counter()
     tallies, count, _, first, sequence = explore(
         cases(caps, pool=pool), pinned_for(caps),
-        lambda case: evaluate(impl, case, device, spec, profile, applicable)[0],
+        lambda case: evaluate(impl, case, device, spec, profile, applicable, emitted=emitted)[0],
         max_examples=max_examples, seed=seed, progress=progress, deadline_s=deadline_s, scheduler=scheduler,
         aimed=aimed_strategies(lambda focus: cases(caps, focus=focus, pool=pool)))
     from .blocking import find_blocked
     blocked = find_blocked(tallies, spec, profile,
-                           lambda case, variant: evaluate(impl, case, device, spec, variant, applicable)[0])
+                           lambda case, variant, compute=None: evaluate(impl, case, device, spec, variant, applicable,
+                                                                        compute=compute)[0])
     shrunk = {}
     for key, t in tallies.items():
         if t.failed and t.failing_case is not None and shrink_budget > 0 and key not in blocked:

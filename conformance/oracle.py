@@ -66,15 +66,17 @@ def momentum_weight(profile, momentum, step):
     return 1.0 - float(momentum)                            # BN-MOMENTUM-OLD-WEIGHT / -DEBIASED
 
 
-def update_running(state, batch_mean, batch_var, n, momentum, profile):
+def update_running(state, batch_mean, batch_var, n, momentum, profile, fed_offset=0.0):
     """One training step's running-statistics update; `state` is (mean, var, hidden_mean,
-    hidden_var, step). BN-RUNVAR-UNBIASED / -BIASED choose the variance estimator."""
+    hidden_var, step). BN-RUNVAR-UNBIASED / -BIASED choose the variance estimator;
+    `fed_offset` (attribution only) is added to the variance the running one is fed."""
     mean, var, h_mean, h_var, step = state
     step += 1
     if profile.running_variance == "unbiased":
         batch_var = batch_var * n / (n - 1) if n > 1 else batch_var * np.nan
     elif profile.running_variance == "std":   # attribution only: a running std where the variance belongs
         batch_var = np.sqrt(batch_var)
+    batch_var = batch_var + fed_offset
     w = momentum_weight(profile, momentum, step)
     if profile.momentum_form == "debiased_ema" and not (momentum is None and profile.cumulative_when_momentum_none):
         h_mean = (1 - w) * h_mean + w * batch_mean          # BN-MOMENTUM-DEBIASED

@@ -60,6 +60,8 @@ class Profile:
     default_eps: float | None
     initial: dict[str, float]
     sources: tuple[str, ...]
+    eps_scale: float = 1.0   # attribution only: the eps an implementation uses, per eps it is given
+    running_var_eps: float = 0.0   # attribution only: eps times this is added to what the running variance is fed
 
     def __getattr__(self, item: str) -> Any:  # profile.momentum_form etc.
         conv = self.__dict__.get("conventions", {})
@@ -72,7 +74,7 @@ class Profile:
         conv = dict(self.conventions)
         conv.update(changes)
         return Profile(self.name, self.title, conv, self.default_momentum, self.default_eps,
-                       self.initial, self.sources)
+                       self.initial, self.sources, self.eps_scale, self.running_var_eps)
 
 
 @dataclass(frozen=True)
@@ -220,28 +222,14 @@ FOCUS_TRAITS = {"shape", "special", "affine", "eps", "momentum", "track", "dtype
 
 
 def _check_dependencies(path, root, data, clauses) -> None:
-    """Every depends_on names a clause, and the graph has no cycle (a cycle would let two
-    clauses each excuse the other's failure)."""
+    """Every depends_on names another clause. Cycles are allowed: a precision clause and the
+    clauses whose failures it can explain depend on each other, and blocking.py never lets two
+    clauses excuse each other (a clause blocked only through itself stays a finding)."""
     for i, c in enumerate(data["clauses"]):
         for j, dep in enumerate(c.get("depends_on") or ()):
-            if dep not in clauses:
+            if dep not in clauses or dep == c["id"]:
                 raise SpecError(path, _line(root, ["clauses", i, "depends_on", j]), f"clauses/{i}/depends_on/{j}",
-                                f"unknown clause ID {dep!r}")
-    state: dict[str, int] = {}
-
-    def visit(cid, trail):
-        if state.get(cid) == 2:
-            return
-        if state.get(cid) == 1:
-            i = next(k for k, c in enumerate(data["clauses"]) if c["id"] == cid)
-            raise SpecError(path, _line(root, ["clauses", i, "depends_on"]), f"clauses/{i}/depends_on",
-                            "dependency cycle: " + " -> ".join(trail + [cid]))
-        state[cid] = 1
-        for dep in clauses[cid].depends_on:
-            visit(dep, trail + [cid])
-        state[cid] = 2
-    for cid in clauses:
-        visit(cid, [])
+                                f"unknown clause ID {dep!r}" if dep not in clauses else f"{dep} depends on itself")
 
 
 _CACHE: dict[str, Spec] = {}

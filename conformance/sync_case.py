@@ -33,6 +33,7 @@ class SyncCase:
     log_scale: float = 0.0
     affine: str = "random"         # "random" | "default"
     masked: bool = False           # the implementation is given a mask (pad rows are masked out)
+    centred: bool = False          # every replica's rows shifted by the global batch's sample mean (evidence)
 
     @property
     def replicas(self) -> int:
@@ -74,6 +75,7 @@ class SyncCase:
         d = dict(d)
         for k in ("counts", "rows", "inner"):
             d[k] = tuple(d[k])
+        d.setdefault("centred", False)   # cases pinned before the field existed
         return cls(**d)
 
     def replace(self, **kw) -> "SyncCase":
@@ -99,6 +101,20 @@ def materialize(case: SyncCase) -> dict:
         pad = ~real
         x[pad] = mean + std * PAD_VALUE_SCALE * rng.standard_normal((int(pad.sum()),) + tuple(case.inner))
         dy[pad] = 0.0
+        xs.append(x)
+        dys.append(dy)
+        reals.append(real)
+    if case.centred:     # the global batch's own sample mean removed, per channel, from every row
+        fa = case.feature_axis % case.rank
+        real_rows = np.concatenate([x[r] for x, r in zip(xs, reals)], axis=0)
+        axes = tuple(a for a in range(case.rank) if a != fa)
+        if real_rows.size:
+            mu = real_rows.mean(axis=axes, keepdims=True)
+            xs = [x - mu for x in xs]
+    xs_in, dys_in, reals_in = xs, dys, reals
+    xs, dys, reals = [], [], []
+    for x, dy, real, n_rows in zip(xs_in, dys_in, reals_in, case.rows):
+        shape = (n_rows,) + tuple(case.inner)
         x, dy = cast(x, case.dtype), cast(dy, case.dtype)
         xs.append(x)
         dys.append(dy)

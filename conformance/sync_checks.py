@@ -211,7 +211,7 @@ def _conditioning(ctx, clause, base, measured):
     """BN-VAR-STABLE when an ill-conditioned case fails and the same case centred passes."""
     kappa = max(float(ctx.case.kappa), _measured_kappa(ctx))
     if kappa >= ctx.kappa_thr and ctx.rerun is not None and base.ratio <= 10 * kappa ** 2:
-        outs = ctx.rerun(ctx.case.replace(kappa=0.0))
+        outs = ctx.rerun(ctx.case.replace(kappa=0.0, centred=True))
         if any(o.clause == clause and o.ok for o in outs):
             return Outcome("BN-VAR-STABLE", False, base,
                            f"{clause}: fails at |mean|/std = {kappa:.3g}, passes the same case centred: "
@@ -301,8 +301,11 @@ def _masked_rows(ctx, scale):
 
 
 SYNC_CHECKS = (sync_forward, sync_consistent, sync_grads)
-SYNC_EMITS = {"sync_forward": ("BN-SYNC-GLOBAL", "BN-SYNC-WEIGHTED", "BN-SYNC-LOCAL"),
-              "sync_consistent": ("BN-SYNC-CONSISTENT",), "sync_grads": ("BN-SYNC-GRAD", "BN-SYNC-WEIGHTED")}
+# what each check can emit, its conditioning attribution (SYNC_NUMERIC) included; lint_emissions
+# holds it to what they do
+SYNC_NUMERIC = ("BN-VAR-STABLE",)
+SYNC_EMITS = {"sync_forward": ("BN-SYNC-GLOBAL", "BN-SYNC-WEIGHTED", "BN-SYNC-LOCAL", *SYNC_NUMERIC),
+              "sync_consistent": ("BN-SYNC-CONSISTENT",), "sync_grads": ("BN-SYNC-GRAD", *SYNC_NUMERIC)}
 
 
 def malformed(ctx: SyncCtx) -> str | None:
@@ -328,7 +331,8 @@ def _clause_of(ctx, check) -> str:
         "BN-SYNC-CONSISTENT" if check is sync_consistent else "BN-SYNC-GRAD")
 
 
-def run_sync_checks(ctx: SyncCtx) -> list[Outcome]:
+def run_sync_checks(ctx: SyncCtx, emitted: dict | None = None) -> list[Outcome]:
+    """`emitted` (check name -> clause IDs) collects what each check really emitted (the lint)."""
     import traceback
     import warnings
     out = []
@@ -339,7 +343,10 @@ def run_sync_checks(ctx: SyncCtx) -> list[Outcome]:
         warnings.simplefilter("ignore")
         for check in SYNC_CHECKS:
             try:
-                out.extend(check(ctx))
+                res = check(ctx)
+                if emitted is not None:
+                    emitted.setdefault(check.__name__, set()).update(o.clause for o in res)
+                out.extend(res)
             except Exception as exc:  # bnconf's own failure on a well-formed answer: an error, with its traceback
                 out.append(Outcome(_clause_of(ctx, check), False, None,
                                    f"check {check.__name__} crashed: {type(exc).__name__}: {exc}",

@@ -48,12 +48,12 @@ def run_step(impl, case: SyncCase, device: str):
     return arrays, params, result
 
 
-def evaluate(impl, case: SyncCase, device, spec, profile, nested=False):
+def evaluate(impl, case: SyncCase, device, spec, profile, nested=False, emitted=None):
     arrays, params, result = run_step(impl, case, device)
     ctx = SyncCtx(case, arrays, result, profile, spec, impl.capabilities)
     if not nested:
-        ctx.rerun = lambda variant: evaluate(impl, variant, device, spec, profile, nested=True)[0]
-    return run_sync_checks(ctx), arrays, result
+        ctx.rerun = lambda variant: evaluate(impl, variant, device, spec, profile, nested=True, emitted=emitted)[0]
+    return run_sync_checks(ctx, emitted), arrays, result
 
 
 def _candidates(c: SyncCase):
@@ -93,7 +93,7 @@ def shrink(impl, case, clause, device, spec, profile, budget=20):
 
 
 def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink_budget=20,
-               progress=None, deadline_s=None, quota=DEFAULT_QUOTA) -> AuditResult:
+               progress=None, deadline_s=None, quota=DEFAULT_QUOTA, emitted=None) -> AuditResult:
     """Explore SyncCases (the single-device engine's explorer, another strategy), at least
     `quota` per cross-replica clause the wrapper can be checked on; tally every outcome per
     (clause, dtype). Raises SyncUnsupported when the engine refuses outright."""
@@ -114,7 +114,7 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
 
     def run(case):
         try:
-            return evaluate(impl, case, device, spec, profile)[0]
+            return evaluate(impl, case, device, spec, profile, emitted=emitted)[0]
         except SyncUnsupported as exc:   # one refusal settles it: no more cases
             refused.append(str(exc))
             return []
@@ -127,7 +127,7 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
     if refused:
         raise SyncUnsupported(refused[0])
     from .blocking import find_blocked
-    blocked = find_blocked(tallies, spec, profile, lambda case, variant: evaluate(impl, case, device, spec, variant)[0])
+    blocked = find_blocked(tallies, spec, profile, lambda case, variant, compute=None: evaluate(impl, case, device, spec, variant)[0])
     shrunk = {}
     for key, t in tallies.items():
         if t.failed and t.failing_case is not None and shrink_budget > 0 and key not in blocked:

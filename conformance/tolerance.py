@@ -126,7 +126,8 @@ def xhat_error(model: Model, x, mean, var, eps, e_mu, e_var, placement="inside_s
     d, e_root = _denominator(model, var, eps, e_var, placement)
     with np.errstate(all="ignore"):
         x_hat = (np.asarray(x, np.float64) - mean) / d
-        return centring / d + np.abs(x_hat) * e_root / d + model.safety * model.u_c * np.abs(x_hat)
+        bound = centring / d + np.abs(x_hat) * e_root / d + model.safety * model.u_c * np.abs(x_hat)
+        return np.where(d > e_root, bound, np.inf)   # within its error of 0 (or negative): undetermined
 
 
 def _denominator(model: Model, var, eps, e_var, placement):
@@ -148,11 +149,13 @@ def _gb(weight, bias, ndim, feature_axis):
     return g, b
 
 
-def y_train_bound(model, x, weight, bias, eps, feature_axis, u_out, y_expected, placement="inside_sqrt"):
+def y_train_bound(model, x, weight, bias, eps, feature_axis, u_out, y_expected, placement="inside_sqrt",
+                  reduction="all_but_feature_axis"):
     """Allowed |y - y_oracle| in training (BN-MEAN, BN-VAR-BIASED, BN-EPS-INSIDE, BN-AFFINE);
-    `placement`: the eps placement of the profile the oracle was computed under."""
+    `placement` and `reduction`: those of the profile the oracle was computed under (statistics
+    over the batch axis alone are as ill-conditioned as each position's few values make them)."""
     x = np.asarray(x, np.float64)
-    mean, var, n = oracle.batch_stats(x, feature_axis)
+    mean, var, n = oracle.batch_stats(x, feature_axis, reduction)
     e_mu, e_var = stats_error(model, mean, var, n)
     dxh = xhat_error(model, x, mean, var, eps, e_mu, e_var, placement)
     g, b = _gb(weight, bias, x.ndim, feature_axis)
@@ -175,8 +178,9 @@ def y_eval_bound(model, x, weight, bias, run_mean, run_var, eps, feature_axis, u
     d, e_root = _denominator(model, v, eps, 0.0, placement)
     with np.errstate(all="ignore"):
         x_hat = np.abs(x - m) / d
-        return (model.safety * model.u_c * (g * (np.abs(x) + np.abs(m)) / d + 2 * y + b)
-                + g * x_hat * e_root / d + rounding(u_out, y))
+        bound = (model.safety * model.u_c * (g * (np.abs(x) + np.abs(m)) / d + 2 * y + b)
+                 + g * x_hat * e_root / d + rounding(u_out, y))
+        return np.where(d > e_root, bound, np.inf)   # within its error of 0 (or negative): undetermined
 
 
 def running_bounds(model, batches, momentum, profile, feature_axis, initial, u_state):
@@ -284,7 +288,9 @@ class Comparison:
 
 def compare(actual, expected, allowed, note: str = "", key: str = "") -> Comparison:
     """Elementwise |actual - expected| <= allowed. Non-finite values must match exactly in
-    place and kind; a shape mismatch is a failure with a note, never an exception."""
+    place and kind; an infinite allowance leaves its element unjudged (masked channels, a
+    quotient whose denominator is within its error of 0); a shape mismatch is a failure with a
+    note, never an exception."""
     a = np.asarray(actual, np.float64)
     e = np.asarray(expected, np.float64)
     if a.shape != e.shape:
@@ -300,6 +306,7 @@ def compare(actual, expected, allowed, note: str = "", key: str = "") -> Compari
         err = np.where(np.isnan(err), np.inf, err)
         ratio = np.where(err == 0, 0.0, err / np.where(tol > 0, tol, 0.0))
     ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    ratio = np.where(np.isposinf(tol), 0.0, ratio)
     idx = np.unravel_index(int(np.argmax(ratio)), e.shape)
     r = float(ratio[idx])
     ok = r <= 1.0

@@ -110,44 +110,52 @@ def _typical_call(impl, repeat=20) -> float:
 
 
 def detection(quota=100, fault_seeds=range(10), correct_seeds=range(50), echo=print) -> list[dict]:
-    """Every seeded fault through the default audit (quota cases per clause) at each seed: the
-    clauses it is reported under (violations and warnings, blocked dependents apart) against
-    exactly the catalog's, and how many cases the first violation needed; every correct
-    kernel's findings at each seed (there must be none)."""
+    """Every seeded fault, in each form of the catalog, through the default audit (quota cases
+    per clause) at each seed: the clauses it is reported under (violations and warnings,
+    blocked dependents apart) against exactly the catalog's, and how many cases the first
+    violation needed; every correct kernel's findings at each seed (there must be none)."""
     from .audit_user import audit, numpy_implementation
-    from .fault_catalog import CORRECT, FAULTS, faulty
+    from .fault_catalog import CATALOG, CORRECT_FORMS, FORMS, faulty
     rows = []
-    for name, (desc, want) in FAULTS.items():
-        row = {"fault": name, "what": desc, "expected": sorted(want), "seeds": len(fault_seeds), "exact_at": [],
-               "extra": {}, "missing": {}, "first_violation_case": None}
-        t = time.perf_counter()
-        for seed in fault_seeds:
-            rep = audit(None, "torch", impl=numpy_implementation(faulty(name), f"fault_catalog:{name}", "torch"),
-                        quota=quota, seed=seed, fingerprint=False, shrink_budget=0)
-            got = {v["clause"] for v in rep.violations + rep.warnings}
-            if got == want:
-                row["exact_at"].append(seed)
-            for c in got - want:
-                row["extra"].setdefault(c, []).append(seed)
-            for c in want - got:
-                row["missing"].setdefault(c, []).append(seed)
-        row["seconds"] = round(time.perf_counter() - t, 3)
-        res = engine.audit_implementation(numpy_implementation(faulty(name), name, "torch"), "cpu", _spec(),
-                                          _spec().profile("torch"), seed=0, shrink_budget=0, quota=quota)
-        row["first_violation_case"], row["cases"] = res.first_failure_case, res.cases
-        echo(f"  {len(row['exact_at']):2d}/{row['seeds']} exact  {name:22s} {','.join(sorted(want)):28s}"
-             + (f" also {row['extra']}" if row["extra"] else "") + (f" MISSING {row['missing']}" if row["missing"] else ""))
-        rows.append(row)
-    for name, fn in CORRECT.items():
-        found: dict = {}
-        for seed in correct_seeds:
-            rep = audit(None, "torch", impl=numpy_implementation(fn, f"correct:{name}", "torch"), quota=quota,
-                        seed=seed, fingerprint=False, shrink_budget=0)
-            for v in rep.violations + rep.warnings:
-                found.setdefault(v["clause"], []).append(seed)
-        rows.append({"fault": None, "correct": name, "seeds": len(correct_seeds), "false_findings": found})
-        echo(f"  correct kernel {name}: {sum(map(len, found.values()))} findings over {len(correct_seeds)} seeds "
-             f"{found or ''}")
+    for form in FORMS:
+        for name, (desc, wants) in CATALOG.items():
+            if form not in wants:
+                continue
+            want = wants[form]
+            row = {"fault": name, "form": form, "what": desc, "expected": sorted(want), "seeds": len(fault_seeds),
+                   "exact_at": [], "extra": {}, "missing": {}, "first_violation_case": None}
+            t = time.perf_counter()
+            for seed in fault_seeds:
+                rep = audit(None, form, impl=numpy_implementation(faulty(name, form), f"fault_catalog:{form}:{name}",
+                                                                  form),
+                            quota=quota, seed=seed, fingerprint=False, shrink_budget=0)
+                got = {v["clause"] for v in rep.violations + rep.warnings}
+                if got == want:
+                    row["exact_at"].append(seed)
+                for c in got - want:
+                    row["extra"].setdefault(c, []).append(seed)
+                for c in want - got:
+                    row["missing"].setdefault(c, []).append(seed)
+            row["seconds"] = round(time.perf_counter() - t, 3)
+            res = engine.audit_implementation(numpy_implementation(faulty(name, form), name, form), "cpu", _spec(),
+                                              _spec().profile(form), seed=0, shrink_budget=0, quota=quota)
+            row["first_violation_case"], row["cases"] = res.first_failure_case, res.cases
+            echo(f"  {len(row['exact_at']):2d}/{row['seeds']} exact  {form:5s} {name:22s} {','.join(sorted(want)):28s}"
+                 + (f" also {row['extra']}" if row["extra"] else "")
+                 + (f" MISSING {row['missing']}" if row["missing"] else ""))
+            rows.append(row)
+    for form in FORMS:
+        for name, fn in CORRECT_FORMS[form].items():
+            found: dict = {}
+            for seed in correct_seeds:
+                rep = audit(None, form, impl=numpy_implementation(fn, f"correct:{form}:{name}", form), quota=quota,
+                            seed=seed, fingerprint=False, shrink_budget=0)
+                for v in rep.violations + rep.warnings:
+                    found.setdefault(v["clause"], []).append(seed)
+            rows.append({"fault": None, "form": form, "correct": name, "seeds": len(correct_seeds),
+                         "false_findings": found})
+            echo(f"  correct kernel {form} {name}: {sum(map(len, found.values()))} findings over "
+                 f"{len(correct_seeds)} seeds {found or ''}")
     return rows
 
 

@@ -48,6 +48,13 @@ def make(fault: str):
             masks = [None] * R
         moments = [_local_moments(x, m) for x, m in zip(inputs["x"], masks)]
         n, mu, var = _combine([mo for mo in moments if mo[0][0] > 0])
+        if fault == "sum_of_squares":        # all-reduce of (sum, sum of squares) in float32: E[x^2] - E[x]^2
+            f32 = [np.asarray(x, np.float32).reshape(-1, C) for x in inputs["x"]]
+            keep = [np.ones_like(x, bool) if m is None else np.asarray(m).reshape(-1, C) for x, m in zip(f32, masks)]
+            s1 = sum(np.where(k, x, 0).sum(axis=0, dtype=np.float32) for x, k in zip(f32, keep))
+            s2 = sum(np.where(k, x * x, 0).sum(axis=0, dtype=np.float32) for x, k in zip(f32, keep))
+            mu32 = s1 / np.float32(n)
+            mu, var = mu32.astype(np.float64), np.maximum(s2 / np.float32(n) - mu32 * mu32, 0).astype(np.float64)
         if fault == "unweighted":            # pmean of per-replica moments (counts ignored)
             live = [mo for mo in moments if mo[0][0] > 0]
             mu = np.mean([mo[3] for mo in live], axis=0)
@@ -111,13 +118,16 @@ SYNC_FAULTS = {
     "grad_local": "BN-SYNC-GRAD",
     "local_count_unbiased": "BN-SYNC-GLOBAL",
     "diverge": "BN-SYNC-CONSISTENT",
+    "sum_of_squares": "BN-VAR-STABLE",
 }
 
 
-def implementation(fault: str):
+def implementation(fault: str, synchronized: bool = True):
+    """`synchronized=False` declares the wrapper unsynchronized (BN-SYNC-LOCAL is its norm)."""
     from bnconf.adapters._protocol import SyncImplementation
     from bnconf.adapters._protocol import sync_capabilities
     caps = sync_capabilities(ragged=True, mask=True, empty_replica=True, dtypes=("float32", "float64"),
-                             default_init=False)
-    return SyncImplementation(f"numpy-sync[{fault}]", "torch", caps, make(fault), lambda: {"numpy": np.__version__},
-                              lambda: ["cpu"], "faults")
+                             default_init=False, synchronized=synchronized)
+    tag = "" if synchronized else ",unsynchronized"
+    return SyncImplementation(f"numpy-sync[{fault}{tag}]", "torch", caps, make(fault),
+                              lambda: {"numpy": np.__version__}, lambda: ["cpu"], "faults")

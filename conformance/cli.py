@@ -59,6 +59,9 @@ def cmd_lint(args) -> int:
     from .spec_loader import get_spec
     spec = get_spec(args.spec)
     problems = lint(spec, args.paths)
+    if args.emissions:
+        from .lint_emissions import lint_emissions
+        problems += lint_emissions(spec)
     for p in problems:
         print(p)
     print(f"{len(problems)} problem(s) in {len(spec.clauses)} clauses")
@@ -290,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lint", help="clause IDs cited but undefined, or defined but untested")
     p.add_argument("paths", nargs="*", default=["conformance", "adapters", "tests"])
+    p.add_argument("--emissions", action="store_true",
+                   help="also audit the fixture grid (~1.5 min) and hold the spec's `check` and each check's "
+                        "declared clauses to what the checks emit")
     p.set_defaults(fn=cmd_lint)
 
     p = sub.add_parser("run", help="audit built-in implementations, each in its own process")

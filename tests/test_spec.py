@@ -71,8 +71,8 @@ def test_lint_passes_and_catches_both_directions(spec, tmp_path):
     from bnconf import checks
     saved = dict(checks.EMITS)
     try:
-        checks.EMITS["y_train"] = tuple(c for c in checks.EMITS["y_train"] if c != "BN-EPS-INSIDE")
-        assert any("BN-EPS-INSIDE is defined but no check emits it" in p for p in lint(spec, [stray]))
+        checks.EMITS["y_train"] = tuple(c for c in checks.EMITS["y_train"] if c != "BN-VAR-BIASED")
+        assert any("BN-VAR-BIASED is defined but no check emits it" in p for p in lint(spec, [stray]))
     finally:
         checks.EMITS.clear()
         checks.EMITS.update(saved)
@@ -94,3 +94,36 @@ def test_cli_spec_lists_and_prints_one(run_cli):
     assert one.returncode == 0 and "n/(n-1)" in one.stdout and "SPEC.md#bn-runvar-unbiased" in one.stdout
     bad = run_cli("spec", "BN-" + "X")
     assert bad.returncode == 2 and "unknown clause ID" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def emitted(spec):
+    from bnconf.lint_emissions import observe
+    return observe(spec)
+
+
+def test_the_spec_agrees_with_what_the_checks_emit(spec, emitted):
+    """Each clause's `check` emits it, and each check emits exactly what it declares (so a crash
+    of the check is charged to every clause it judges), on the fixture grid."""
+    from bnconf.lint_emissions import lint_emissions
+    assert lint_emissions(spec, emitted) == []
+
+
+def test_the_emission_lint_catches_a_wrong_declaration(spec, emitted):
+    from bnconf.lint_emissions import lint_emissions
+    from bnconf import sync_checks
+    saved = dict(sync_checks.SYNC_EMITS)
+    try:   # the declaration the old SYNC_EMITS made: sync_grads never emits BN-SYNC-WEIGHTED
+        sync_checks.SYNC_EMITS["sync_grads"] = saved["sync_grads"] + ("BN-SYNC-WEIGHTED",)
+        assert any("sync_grads declares BN-SYNC-WEIGHTED but never emitted it" in p
+                   for p in lint_emissions(spec, emitted))
+    finally:
+        sync_checks.SYNC_EMITS.clear()
+        sync_checks.SYNC_EMITS.update(saved)
+    lying = {k: set(v) for k, v in emitted.items()}
+    lying["y_train"].discard("BN-EPS-INSIDE")
+    assert any("BN-EPS-INSIDE: its check 'y_train' (y_train) never emitted it" in p
+               for p in lint_emissions(spec, lying))
+    lying["y_train"].add("BN-FOLD")
+    assert any("check y_train emitted BN-FOLD on the fixture grid but does not declare it" in p
+               for p in lint_emissions(spec, lying))

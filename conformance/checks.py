@@ -465,9 +465,9 @@ def _distinguishable(ctx, alt_profile, eps=None, model=None) -> bool:
             # near-constant channel) "passes" anything and is no evidence
             bound = np.maximum(
                 tolerance.y_train_bound(model, xm, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, _masked(y_spec, mask),
-                                        _placement(ctx, ctx.profile)),
+                                        _placement(ctx, ctx.profile), ctx.profile.reduction),
                 tolerance.y_train_bound(model, xm, ctx.weight, ctx.bias, alt_eps, ctx.fa, u, _masked(y_alt, mask),
-                                        _placement(ctx, alt_profile)))
+                                        _placement(ctx, alt_profile), alt_profile.reduction))
             both = mask & np.isfinite(y_spec) & np.isfinite(y_alt) & np.isfinite(bound)
             if np.any(np.abs(y_spec - y_alt)[both] > DISTINCT * bound[both]):
                 return True
@@ -696,14 +696,17 @@ def running_stats(ctx: Ctx):
         for alt in _flips(ctx, "running_variance"):
             alt_p = p.with_convention(running_variance=alt)
             _, cv2 = _running_cmp(ctx, alt_p, ctx.momentum)
-            if cv2 is not None and cv2.ok and cv.ratio > 2 and _running_var_distinct(ctx, alt_p):
-                # a marginal failure is no evidence (rounding), nor one the two estimators agree on
+            if cv2 is not None and cv2.ok and cv.ratio > 2 and _running_var_distinct(ctx, alt_p) \
+                    and _holds_centred(ctx, v_clause, cv.key):
+                # a marginal failure is no evidence (rounding), nor one the two estimators agree on,
+                # nor one that centring the case removes (a one-pass variance matching sqrt(var))
                 return out + [Outcome(v_clause, False, cv, f"matches running_variance={alt}",
                                       {"running_variance": alt})]
         if ctx.eps:
             alt_p = replace(p, running_var_eps=1.0)
             _, cv2 = _running_cmp(ctx, alt_p, ctx.momentum)
-            if cv2 is not None and cv2.ok and cv.ratio > 2 and _running_var_distinct(ctx, alt_p):
+            if cv2 is not None and cv2.ok and cv.ratio > 2 and _running_var_distinct(ctx, alt_p) \
+                    and _holds_centred(ctx, v_clause, cv.key):
                 return out + [Outcome(v_clause, False, cv, "matches the running variance fed var + eps",
                                       {"running_var_eps": 1.0})]
         return out + [numeric_attribution(ctx, v_clause, lambda m: _running_cmp(ctx, p, ctx.momentum, m)[1], cv)]

@@ -75,14 +75,24 @@ def find_blocked(tallies: dict, spec, profile, rejudge) -> dict:
     for (cid, _), t in failing.items():
         by_clause.setdefault(cid, []).append(t)
     out = {}
-    for (cid, dtype), t in sorted(failing.items()):
-        roots = []
-        direct = set(spec.clauses[cid].depends_on)
-        for root in sorted((ancestors(spec, cid) - {cid}) & set(by_clause)):
-            if _explains(root, by_clause[root], cid, t, profile, rejudge, root in direct):
-                roots.append(root)
-        if roots:
-            out[(cid, dtype)] = roots
+    shown = {root: set().union(*(rt.failed_at for rt in ts)) for root, ts in by_clause.items()}
+    for _round in range(2):
+        # second round: a case also shows a root's deviation where a clause the root was shown
+        # (by re-judgement) to explain failed (per-position statistics fail the output there
+        # without the output check naming the axes)
+        for (cid, dtype), t in sorted(failing.items()):
+            if (cid, dtype) in out:
+                continue
+            roots = []
+            direct = set(spec.clauses[cid].depends_on)
+            for root in sorted((ancestors(spec, cid) - {cid}) & set(by_clause)):
+                if _explains(root, by_clause[root], cid, t, profile, rejudge, root in direct, shown[root]):
+                    roots.append(root)
+            if roots:
+                out[(cid, dtype)] = roots
+        for key, roots in out.items():
+            for root in roots:
+                shown[root] |= failing[key].failed_at
     return _live_roots(out, failing)
 
 
@@ -117,12 +127,11 @@ def _attributed(root_tallies) -> bool:
     return all(not kind.startswith("deviation in ") for rt in root_tallies for kind in rt.kinds)
 
 
-def _explains(root, root_tallies, cid, t, profile, rejudge, direct) -> bool:
+def _explains(root, root_tallies, cid, t, profile, rejudge, direct, failed_with_root) -> bool:
     measured = {}
     for rt in root_tallies:
         for k, v in rt.fail_measured.items():
             measured.setdefault(k, v)
-    failed_with_root = set().union(*(rt.failed_at for rt in root_tallies))
     if direct and t.failed_at <= failed_with_root and _attributed(root_tallies) \
             and not (measured and all(k in NUMERIC for k in measured) and _names_convention(t)):
         return True

@@ -453,6 +453,9 @@ def _distinguishable(ctx, alt_profile, eps=None, model=None) -> bool:
     sqrt(var - eps) gives on a constant channel."""
     alt_eps = ctx.eps if eps is None else eps
     model = model or ctx.model
+    # on an ill-conditioned case the flipped model's own bound (per-position statistics of a few
+    # values at |mean|/std = 1000) is what a match must beat; elsewhere the spec's statistics set it
+    alt_reduction = alt_profile.reduction if ctx.case.kappa >= ctx.kappa_thr else ctx.profile.reduction
     for k in range(ctx.case.steps):
         x = ctx.arrays[f"x_train_{k}"]
         mask = ctx.channel_mask(x.shape)
@@ -467,7 +470,7 @@ def _distinguishable(ctx, alt_profile, eps=None, model=None) -> bool:
                 tolerance.y_train_bound(model, xm, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, _masked(y_spec, mask),
                                         _placement(ctx, ctx.profile), ctx.profile.reduction),
                 tolerance.y_train_bound(model, xm, ctx.weight, ctx.bias, alt_eps, ctx.fa, u, _masked(y_alt, mask),
-                                        _placement(ctx, alt_profile), alt_profile.reduction))
+                                        _placement(ctx, alt_profile), alt_reduction))
             both = mask & np.isfinite(y_spec) & np.isfinite(y_alt) & np.isfinite(bound)
             if np.any(np.abs(y_spec - y_alt)[both] > DISTINCT * bound[both]):
                 return True
@@ -694,6 +697,8 @@ def running_stats(ctx: Ctx):
         # on the variance convention that failed
         out += [Outcome(c, True, cm) for c in [m_clause] + extra]
         for alt in _flips(ctx, "running_variance"):
+            if alt in ATTRIBUTION_ONLY and case.special != "none":
+                continue    # a constant channel's variance is 0 = sqrt(0): no evidence for a running std
             alt_p = p.with_convention(running_variance=alt)
             _, cv2 = _running_cmp(ctx, alt_p, ctx.momentum)
             if cv2 is not None and cv2.ok and cv.ratio > 2 and _running_var_distinct(ctx, alt_p) \

@@ -378,8 +378,13 @@ def _sigint_interrupts() -> None:
     ran on to a verdict. An audit or a run is stopped by SIGINT wherever it was started."""
     import signal
     import threading
+    from .engine import INTERRUPTED
+
+    def interrupt(signum, frame):
+        INTERRUPTED.set()     # in case this KeyboardInterrupt lands where Python drops it
+        raise KeyboardInterrupt
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def main(argv=None) -> int:

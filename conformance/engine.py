@@ -5,6 +5,7 @@ that applies to the implementation's profile.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -13,6 +14,10 @@ import numpy as np
 from . import checks as checks_mod
 from .case import Case, materialize
 from .checks import Ctx, Outcome
+
+# Set by the CLI's SIGINT handler: Python drops an exception raised inside a gc callback
+# ("Exception ignored in gc_callback"), so the next case stops the explorer instead.
+INTERRUPTED = threading.Event()
 
 # Cases per clause per implementation (the fast tier), and the cap on all cases as a
 # multiple of it: a clause the scheduler cannot reach never makes a run endless.
@@ -294,6 +299,8 @@ def explore(strategy, pinned, run, *, max_examples, seed, progress=None, deadlin
     aim: tuple = ()
 
     def body(case):
+        if INTERRUPTED.is_set():   # a Ctrl-C whose KeyboardInterrupt was swallowed (raised in a gc callback)
+            raise KeyboardInterrupt
         if (stop and stop()) or (deadline_s and time.perf_counter() - t0 > deadline_s):
             raise _Enough()
         digest.update(json.dumps(case.to_json(), sort_keys=True).encode() + b"\n")

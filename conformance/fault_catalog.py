@@ -140,9 +140,10 @@ def _welford(x, weight, bias, running_mean, running_var, training, momentum, eps
 
 
 # fault -> (what it is, {form: the clauses it must be reported under: exactly these, everything
-# else it breaks shown as blocked by them}; a fault one form cannot have is absent from it). wrong_axes in the torch form is two findings on
-# purpose: per-position statistics (BN-AXES) and raising on a batch of one although each channel
-# holds several values (BN-NORMALIZE); the keras form returns beta there instead of raising.
+# else it breaks shown as blocked by them}; a fault one form cannot have is absent from it).
+# wrong_axes in the torch form is two findings on purpose: per-position statistics (BN-AXES) and
+# raising on a batch of one although each channel holds several values (BN-NORMALIZE); the keras
+# form returns beta there instead of raising.
 _BOTH = lambda *c: {"torch": set(c), "keras": set(c)}   # noqa: E731
 CATALOG = {
     "wrong_axes": ("statistics over the batch axis only (per-position BN)",
@@ -181,16 +182,8 @@ CATALOG = {
 FAULTS = {name: (desc, want["torch"]) for name, (desc, want) in CATALOG.items() if "torch" in want}   # torch form
 
 
-def _float64(form):
-    inner = make(None, dtype_compute=np.float64, form=form)
-
-    def two_pass_float64(x, *a, **k):
-        return inner(x, *a, **k)
-    return two_pass_float64
-
-
 # form -> name -> a correct kernel
-CORRECT_FORMS = {form: {"two_pass": make(None, form=form), "two_pass_float64": _float64(form),
+CORRECT_FORMS = {form: {"two_pass": make(None, form=form), "two_pass_float64": make(None, np.float64, form),
                         "welford_float32": welford(form)} for form in FORMS}
 CORRECT = CORRECT_FORMS["torch"]
 welford_float32 = CORRECT["welford_float32"]

@@ -15,7 +15,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONHASHSEED=0 PYTHONUNBUFFERED=1 T
 } > "$OUT/environment.txt" 2>&1
 run() {  # implementation, device name as the framework's adapter spells it
   local safe; safe=$(echo "$1" | tr -c 'A-Za-z0-9._-' '_')
-  timeout -k 10 "$LIMIT" python3 -m bnconf.worker --impl "$1" --devices "$2" --max-examples "$N" \
+  timeout -k 10 "$LIMIT" python3 -m bnconf.running.worker --impl "$1" --devices "$2" --max-examples "$N" \
       --out "$OUT/gpu-$safe.jsonl" --repro-dir "$OUT/repro" > "$OUT/log-$safe.txt" 2>&1
   echo "$1 on $2: exit $?" >> "$OUT/exit-codes.txt"
 }

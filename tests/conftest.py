@@ -12,7 +12,7 @@ settings.load_profile(os.environ.get("BNCONF_HYPOTHESIS_PROFILE", "ci"))
 
 @pytest.fixture(scope="session")
 def spec():
-    from bnconf.spec_loader import get_spec
+    from bnconf.spec.loader import get_spec
     return get_spec()
 
 
@@ -23,6 +23,6 @@ def run_cli():
     def run(*args, cwd=ROOT, env=None, timeout=600):
         e = dict(os.environ)
         e.update(env or {})
-        return subprocess.run([sys.executable, "-m", "bnconf.cli", *args], cwd=cwd, capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "bnconf.frontends.cli", *args], cwd=cwd, capture_output=True, text=True,
                               env=e, timeout=timeout)
     return run

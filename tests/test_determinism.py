@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from bnconf.engine import audit_implementation
-from bnconf.fault_catalog import CORRECT, faulty
-from bnconf.audit_user import numpy_implementation
-from bnconf.spec_loader import get_spec
-from bnconf.strategies import HIGH_KAPPA
+from bnconf.running.audit import audit_implementation
+from bnconf.catalogs.faults import CORRECT, faulty
+from bnconf.frontends.user_audit import numpy_implementation
+from bnconf.spec.loader import get_spec
+from bnconf.cases.strategies import HIGH_KAPPA
 
 TIMING_KEYS = {"elapsed_s", "wall_s", "seconds"}
 
@@ -49,7 +49,7 @@ def _strip(rec):
 def _run_in(tmp, impl):
     out = tmp / "raw.jsonl"
     env = dict(os.environ, PYTHONHASHSEED="0")
-    proc = subprocess.run([sys.executable, "-m", "bnconf.cli", "run", "--impl", impl, "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "bnconf.frontends.cli", "run", "--impl", impl, "--out", str(out),
                            "--cases-per-clause", "20", "--repro-dir", str(tmp / "repro")],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 KILLERS = "tests/faults/process_killers.py"
 FAULTY_ADAPTERS = str(ROOT / "tests/faults/faulty_adapters.py")
-BNCONF = [sys.executable, "-m", "bnconf.cli"]
+BNCONF = [sys.executable, "-m", "bnconf.frontends.cli"]
 
 
 def _alive(pid: int) -> bool:
@@ -32,7 +32,7 @@ def _alive(pid: int) -> bool:
 
 
 def _workers(path) -> list[int]:
-    """The live bnconf.worker processes writing under `path` (a temporary folder of one test)."""
+    """The live bnconf.running.worker processes writing under `path` (a temporary folder of one test)."""
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -40,7 +40,7 @@ def _workers(path) -> list[int]:
                 cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if "bnconf.worker" in cmd and f"--out {path}" in cmd and _alive(int(d.name)):
+            if "bnconf.running.worker" in cmd and f"--out {path}" in cmd and _alive(int(d.name)):
                 out.append(int(d.name))
     return out
 
@@ -144,7 +144,7 @@ PARAMS = {"num_features": 3, "feature_axis": 1, "rank": 3, "dtype": "float32", "
 
 def test_errors_cross_with_their_type_and_a_dead_process_is_replaced():
     from bnconf.adapters._protocol import Unsupported
-    from bnconf.isolated import ProcessDied, isolated_implementation
+    from bnconf.running.isolated import ProcessDied, isolated_implementation
     impl = isolated_implementation(f"{KILLERS}:segfaults_on_rank3", "torch")
     with pytest.raises(Unsupported):            # the engine tells a capability from a failure by this class
         impl.build(dict(PARAMS, momentum="default"), "cpu").running_stats()
@@ -165,7 +165,7 @@ def test_errors_cross_with_their_type_and_a_dead_process_is_replaced():
 
 
 def test_a_mutated_input_is_seen_by_the_audit():
-    from bnconf.isolated import isolated_implementation
+    from bnconf.running.isolated import isolated_implementation
     inst = isolated_implementation("tests/faults/user_functions.py:mutates_input", "torch").build(PARAMS, "cpu")
     x = np.ones((4, 3, 2), np.float32)
     inst.forward(x, True, None)
@@ -173,8 +173,8 @@ def test_a_mutated_input_is_seen_by_the_audit():
 
 
 def test_a_call_costs_well_under_a_millisecond_more_than_in_process():
-    from bnconf.audit_user import load_implementation
-    from bnconf.isolated import isolated_implementation
+    from bnconf.frontends.user_audit import load_implementation
+    from bnconf.running.isolated import isolated_implementation
     x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
 
     def median_ms(impl):
@@ -285,7 +285,7 @@ def test_ctrl_c_stops_the_pytest_plugin(tmp_path):
 
 
 def test_a_dead_template_is_replaced_by_a_fresh_load():
-    from bnconf.isolated import ProcessDied, isolated_implementation
+    from bnconf.running.isolated import ProcessDied, isolated_implementation
     impl = isolated_implementation("examples/my_bn.py:batch_norm", "torch")
     first = impl.build(dict(PARAMS, rank=2), "cpu")
     first.running_stats()

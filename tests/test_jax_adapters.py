@@ -11,7 +11,7 @@ pytest.importorskip("haiku")
 pytest.importorskip("equinox")
 
 from bnconf.adapters import jax_bn  # noqa: E402
-from bnconf.registry import find  # noqa: E402
+from bnconf.running.registry import find  # noqa: E402
 
 jax_bn._jax()   # x64 on, as in the adapters, before any layer is built
 

@@ -2,12 +2,12 @@
 that shows it, re-run on every audit (the pinned case, not the sampled cases, decides XPASS)."""
 import pytest
 
-from bnconf.audit_user import numpy_implementation
-from bnconf.case import Case
-from bnconf.engine import evaluate
-from bnconf.fault_catalog import CORRECT, faulty
-from bnconf.known import apply_known, load_known, replay
-from bnconf.spec_loader import SpecError
+from bnconf.frontends.user_audit import numpy_implementation
+from bnconf.cases.case import Case
+from bnconf.running.audit import evaluate
+from bnconf.catalogs.faults import CORRECT, faulty
+from bnconf.results.known import apply_known, load_known, replay
+from bnconf.spec.loader import SpecError
 
 CASE = Case(seed=5, shape=(6, 3, 2), feature_axis=1, eps=1e-2, momentum=0.1, log_scale=-1.0)
 HERE = {"cpu": "Test CPU", "flags": ["avx2"], "machine": "x86_64"}

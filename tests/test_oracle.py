@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from bnconf import oracle
+from bnconf.reference import oracle
 
 getcontext().prec = 60
 
@@ -110,7 +110,7 @@ def test_gradients_match_finite_differences(seed):
     rng = np.random.default_rng(seed)
     x, dy = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 3))
     w, b, eps = rng.uniform(0.5, 2, 2), rng.standard_normal(2), 1e-2
-    from bnconf.spec_loader import get_spec
+    from bnconf.spec.loader import get_spec
     p = get_spec().profile("torch")
 
     def loss(xx, ww, bb):

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from bnconf import provenance
+from bnconf.results import provenance
 
 X86 = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bnconf import records
-from bnconf.known import load_known
-from bnconf.spec_loader import SpecError
+from bnconf.results import records
+from bnconf.results.known import load_known
+from bnconf.spec.loader import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTY = str(ROOT / "tests/faults/faulty_adapters.py")
@@ -18,8 +18,8 @@ FAULTY = str(ROOT / "tests/faults/faulty_adapters.py")
 
 def test_crash_hang_kill_and_import_error_become_records(tmp_path, monkeypatch):
     monkeypatch.setenv("BNCONF_ADAPTERS", FAULTY)
-    from bnconf.registry import family_implementations
-    from bnconf.runner import run_many
+    from bnconf.running.registry import family_implementations
+    from bnconf.running.runner import run_many
     impls = family_implementations("extra")
     out = tmp_path / "raw.jsonl"
     summary = run_many(impls, out, max_examples=3, timeout_s=8, repro_dir=str(tmp_path / "repro"),
@@ -31,14 +31,14 @@ def test_crash_hang_kill_and_import_error_become_records(tmp_path, monkeypatch):
     assert recs["fault.oom_killed"]["status"] == "error" and "SIGKILL" in recs["fault.oom_killed"]["note"]
     assert recs["fault.import_error"]["status"] == "unsupported"
     assert "bnconf_framework_that_does_not_exist" in recs["fault.import_error"]["note"]
-    left = subprocess.run(["pgrep", "-f", "bnconf.worker --impl fault."], capture_output=True, text=True)
+    left = subprocess.run(["pgrep", "-f", "bnconf.running.worker --impl fault."], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a worker process was left behind"
 
 
 def test_resume_keeps_recorded_implementations(tmp_path, monkeypatch):
     monkeypatch.setenv("BNCONF_ADAPTERS", FAULTY)
-    from bnconf.registry import find
-    from bnconf.runner import run_many
+    from bnconf.running.registry import find
+    from bnconf.running.runner import run_many
     out = tmp_path / "raw.jsonl"
     records.append_jsonl(out, [{"implementation": "fault.import_error", "clause": "*", "status": "unsupported"}])
     seen = []
@@ -68,7 +68,7 @@ def test_a_cut_jsonl_line_is_reported_not_fatal(tmp_path):
 
 
 def test_every_shipped_known_deviation_file_is_valid(spec):
-    from bnconf.known import known_dir
+    from bnconf.results.known import known_dir
     for f in sorted(known_dir().glob("*.yaml")):
         load_known(f.stem, spec)
 
@@ -85,7 +85,7 @@ def test_same_seed_same_records(tmp_path):
     outs = []
     for i in range(2):
         out = tmp_path / f"raw{i}.jsonl"
-        subprocess.run([sys.executable, "-m", "bnconf.worker", "--impl", "snippet.002.numpy", "--out", str(out),
+        subprocess.run([sys.executable, "-m", "bnconf.running.worker", "--impl", "snippet.002.numpy", "--out", str(out),
                         "--max-examples", "20", "--seed", "7", "--repro-dir", str(tmp_path / f"repro{i}")],
                        check=True, cwd=ROOT, timeout=300)
         recs = records.read_jsonl([out])
@@ -95,7 +95,7 @@ def test_same_seed_same_records(tmp_path):
         outs.append(recs)
     assert outs[0] == outs[1]
     other = tmp_path / "seed8.jsonl"
-    subprocess.run([sys.executable, "-m", "bnconf.worker", "--impl", "snippet.002.numpy", "--out", str(other),
+    subprocess.run([sys.executable, "-m", "bnconf.running.worker", "--impl", "snippet.002.numpy", "--out", str(other),
                     "--max-examples", "20", "--seed", "8", "--repro-dir", str(tmp_path / "r8")], check=True, cwd=ROOT,
                    timeout=300)
     assert [r.get("case") for r in records.read_jsonl([other])] != [r.get("case") for r in outs[0]]

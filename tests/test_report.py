@@ -19,7 +19,7 @@ MACHINE = ("/root/", "/tmp/", "/work/", ".tox/")
 
 def stamp(record, commit):
     """The stamp a run at `commit` gives a record (its platform: this machine's)."""
-    from bnconf import provenance
+    from bnconf.results import provenance
     provenance.stamp(record)
     record["bnconf"] = dict(record["bnconf"], commit=commit)
     return record
@@ -27,7 +27,7 @@ def stamp(record, commit):
 
 def stamp_file(path, commit):
     """Stamp the records a test wrote itself (facts, a synthetic crash) as their run would."""
-    from bnconf.records import read_jsonl
+    from bnconf.results.records import read_jsonl
     recs = [r if r.get("bnconf") else stamp(r, commit) for r in read_jsonl([path])]
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in recs), encoding="utf-8")
 
@@ -38,15 +38,15 @@ def built(tmp_path_factory):
     raw = d / "raw.jsonl"
     env = dict(os.environ, BNCONF_COMMIT="test")
     for impl in ("snippet.002.numpy", "snippet.000.keras-old.BatchNormalization"):
-        subprocess.run([sys.executable, "-m", "bnconf.worker", "--impl", impl, "--out", str(raw), "--max-examples",
+        subprocess.run([sys.executable, "-m", "bnconf.running.worker", "--impl", impl, "--out", str(raw), "--max-examples",
                         "25", "--repro-dir", str(d / "out" / "repro")], check=True, cwd=ROOT, timeout=300, env=env)
-    from bnconf.facts import run_facts
-    from bnconf.records import append_jsonl
+    from bnconf.tools.facts import run_facts
+    from bnconf.results.records import append_jsonl
     append_jsonl(raw, run_facts(["torch"]))
     append_jsonl(raw, [{"implementation": "fault.segfault", "family": "extra", "profile": "torch", "device": "cpu",
                         "dtype": "*", "clause": "*", "status": "error", "note": "worker killed by signal SIGSEGV"}])
     stamp_file(raw, "test")
-    from bnconf.report import build_report
+    from bnconf.report.assemble import build_report
     paths = build_report([raw], d / "out", commit="test", archived_paths=GPU_HALF)
     return d, paths
 
@@ -130,7 +130,7 @@ def test_no_machine_path_in_json_md_or_html(built):
 
 
 def test_the_committed_gpu_half_is_listed_apart_and_never_counted(built):
-    from bnconf.records import read_jsonl
+    from bnconf.results.records import read_jsonl
     d, paths = built
     rep = json.loads(paths[0].read_text())
     ours = [r for r in read_jsonl([d / "raw.jsonl"]) if r.get("kind") not in ("fact", "fingerprint")]
@@ -162,7 +162,7 @@ SCHEMA = json.loads((ROOT / "reports/schema.json").read_text())
 
 
 def test_an_unstamped_gpu_record_does_not_change_the_summary(spec):
-    from bnconf.report import build
+    from bnconf.report.assemble import build
     raw = [rec("torch.nn.BatchNorm2d", "cpu", "BN-INIT", "pass")]
     gpu = rec("torch.nn.BatchNorm2d", "cuda", "BN-INIT", "fail", commit=None, versions={"torch": "2.11.0+cu130"})
     stray = rec("torch.nn.BatchNorm2d", "cpu", "BN-AXES", "fail", commit=None)
@@ -178,8 +178,8 @@ def test_an_unstamped_gpu_record_does_not_change_the_summary(spec):
 
 
 def test_a_record_of_an_older_commit_appears_only_under_other_runs(spec):
-    from bnconf.report import build
-    from bnconf.report_render import render_html, render_md
+    from bnconf.report.assemble import build
+    from bnconf.report.render import render_html, render_md
     stax = "jax.example_libraries.stax.BatchNorm"
     new = [rec("torch.nn.BatchNorm2d", "cpu", c, "pass") for c in ("BN-INIT", "BN-AXES")]
     old = rec(stax, "cpu", "BN-INIT", "fail", commit="a" * 40, note="not initialised to 1 and 0")
@@ -198,8 +198,8 @@ def test_a_record_of_an_older_commit_appears_only_under_other_runs(spec):
 
 
 def test_the_newest_commit_of_the_raw_records_is_counted(spec, monkeypatch):
-    from bnconf.provenance import project_root
-    from bnconf.report import build
+    from bnconf.results.provenance import project_root
+    from bnconf.report.assemble import build
     monkeypatch.chdir(ROOT)
     log = subprocess.run(["git", "rev-list", "--max-count=2", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     commits = log.stdout.split()
@@ -214,8 +214,8 @@ def test_the_newest_commit_of_the_raw_records_is_counted(spec, monkeypatch):
 
 @pytest.mark.parametrize("gpu_first", [False, True])
 def test_the_implementation_table_shows_each_devices_own_versions(spec, gpu_first):
-    from bnconf.report import build
-    from bnconf.report_render import implementation_rows, render_html, render_md
+    from bnconf.report.assemble import build
+    from bnconf.report.render import implementation_rows, render_html, render_md
     cpu = rec("torch.nn.BatchNorm2d", "cpu", "BN-INIT", "pass")
     gpu = rec("torch.nn.BatchNorm2d", "cuda", "BN-INIT", "pass", versions={"torch": "2.11.0+cu130"}, platform=H100)
     rep = build([gpu, cpu] if gpu_first else [cpu, gpu], spec)
@@ -228,8 +228,8 @@ def test_the_implementation_table_shows_each_devices_own_versions(spec, gpu_firs
 
 
 def test_two_cpu_platforms_of_one_commit_are_two_rows(spec):
-    from bnconf.report import build
-    from bnconf.report_render import render_md
+    from bnconf.report.assemble import build
+    from bnconf.report.render import render_md
     amd = {"cpu": "AMD EPYC", "flags": ["avx512f"], "gpus": [], "machine": "x86_64", "os": "Linux"}
     recs = [rec("torch.nn.BatchNorm2d", "cpu", "BN-DTYPE-ACCUM", "pass", platform=H100),
             rec("torch.nn.BatchNorm2d", "cpu", "BN-DTYPE-ACCUM", "fail", platform=amd)]
@@ -240,7 +240,7 @@ def test_two_cpu_platforms_of_one_commit_are_two_rows(spec):
 
 
 def test_paths_from_other_machines_become_relative(tmp_path):
-    from bnconf.report import build_report
+    from bnconf.report.assemble import build_report
     known = {"reason": "r", "link": "https://github.com/patrick-kidger/equinox/issues/1",
              "where": "/work/main/.tox/jax/lib/python3.11/site-packages/bnconf/adapters/known/"
                       "equinox.nn.BatchNorm[mode=batch].yaml:26"}

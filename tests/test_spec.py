@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bnconf.spec_loader import SpecError, default_spec_path, load_spec
+from bnconf.spec.loader import SpecError, default_spec_path, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,12 +63,12 @@ def test_unknown_profile_and_clause_are_clear(spec):
 
 
 def test_lint_passes_and_catches_both_directions(spec, tmp_path):
-    from bnconf.lint import lint
+    from bnconf.spec.lint import lint
     assert lint(spec, [ROOT / "conformance", ROOT / "adapters", ROOT / "tests"]) == []
     stray = tmp_path / "x.py"
     stray.write_text("# see " + "BN-" + "DOES-NOT-EXIST\n")  # built so this file cites no such ID
     assert any("DOES-NOT-EXIST" in p for p in lint(spec, [stray]))
-    from bnconf import checks
+    from bnconf.checks import single as checks
     saved = dict(checks.EMITS)
     try:
         checks.EMITS["y_train"] = tuple(c for c in checks.EMITS["y_train"] if c != "BN-VAR-BIASED")
@@ -79,7 +79,7 @@ def test_lint_passes_and_catches_both_directions(spec, tmp_path):
 
 
 def test_rendered_spec_is_up_to_date_and_has_an_anchor_per_clause(spec):
-    from bnconf.spec_render import render
+    from bnconf.spec.render import render
     committed = (ROOT / "spec" / "SPEC.md").read_text(encoding="utf-8")
     assert committed == render(spec), "run `bnconf spec --render`"
     for cid in spec.clauses:
@@ -98,20 +98,20 @@ def test_cli_spec_lists_and_prints_one(run_cli):
 
 @pytest.fixture(scope="module")
 def emitted(spec):
-    from bnconf.lint_emissions import observe
+    from bnconf.spec.emissions import observe
     return observe(spec)
 
 
 def test_the_spec_agrees_with_what_the_checks_emit(spec, emitted):
     """Each clause's `check` emits it, and each check emits exactly what it declares (so a crash
     of the check is charged to every clause it judges), on the fixture grid."""
-    from bnconf.lint_emissions import lint_emissions
+    from bnconf.spec.emissions import lint_emissions
     assert lint_emissions(spec, emitted) == []
 
 
 def test_the_emission_lint_catches_a_wrong_declaration(spec, emitted):
-    from bnconf.lint_emissions import lint_emissions
-    from bnconf import sync_checks
+    from bnconf.spec.emissions import lint_emissions
+    from bnconf.checks import sync as sync_checks
     saved = dict(sync_checks.SYNC_EMITS)
     try:   # the declaration the old SYNC_EMITS made: sync_grads never emits BN-SYNC-WEIGHTED
         sync_checks.SYNC_EMITS["sync_grads"] = saved["sync_grads"] + ("BN-SYNC-WEIGHTED",)

@@ -4,13 +4,13 @@ implementation's failure under the clause that made it, and SHOULD clauses warn.
 import numpy as np
 import pytest
 
-from bnconf import checks
-from bnconf import records as rec_mod
-from bnconf.audit_user import numpy_implementation
-from bnconf.case import Case
-from bnconf.engine import audit_implementation, evaluate
-from bnconf.fault_catalog import CORRECT
-from bnconf.spec_loader import get_spec
+from bnconf.checks import single as checks
+from bnconf.results import records as rec_mod
+from bnconf.frontends.user_audit import numpy_implementation
+from bnconf.cases.case import Case
+from bnconf.running.audit import audit_implementation, evaluate
+from bnconf.catalogs.faults import CORRECT
+from bnconf.spec.loader import get_spec
 
 ORDINARY = Case(seed=5, shape=(6, 3, 2), feature_axis=1, eps=1e-3, momentum=0.1)
 
@@ -94,7 +94,7 @@ def test_an_implementation_writing_into_its_input_does_not_change_the_oracle():
     impl = numpy_implementation(writes, "writes", "torch")
     outs, _, arrays = evaluate(impl, ORDINARY, "cpu", spec, prof, _applicable(spec, prof))
     assert {o.clause for o in outs if not o.ok} == {"BN-PURE"}
-    from bnconf.case import materialize
+    from bnconf.cases.case import materialize
     assert np.array_equal(arrays["x_train_0"], materialize(ORDINARY)["x_train_0"])
 
 

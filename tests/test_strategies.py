@@ -5,8 +5,8 @@ import pytest
 from hypothesis import find, given, settings, strategies as st
 
 from bnconf.adapters._protocol import default_capabilities
-from bnconf.case import Case, cast, channel_kappa, materialize, round_to_bfloat16
-from bnconf.strategies import cases, fits, pinned_for
+from bnconf.cases.case import Case, cast, channel_kappa, materialize, round_to_bfloat16
+from bnconf.cases.strategies import cases, fits, pinned_for
 
 TORCH_LIKE = default_capabilities(ranks=(4,), feature_axes=("first",), momentum_none=True, no_running_stats=True,
                                   channels_last_memory=True)

@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnconf.adapters._protocol import sync_capabilities
-from bnconf.spec_loader import get_spec
-from bnconf.strategies import sync_cases, sync_pinned_for
-from bnconf.sync_case import SyncCase, materialize
-from bnconf.sync_engine import audit_sync
-from bnconf.sync_fault_catalog import SYNC_FAULTS, implementation
+from bnconf.spec.loader import get_spec
+from bnconf.cases.strategies import sync_cases, sync_pinned_for
+from bnconf.cases.sync_case import SyncCase, materialize
+from bnconf.running.sync_audit import audit_sync
+from bnconf.catalogs.sync_faults import SYNC_FAULTS, implementation
 
 
 def _draws(caps, n=300):

@@ -3,7 +3,9 @@ one-pass variance where its error exceeds the model (BN-VAR-STABLE)."""
 import numpy as np
 import pytest
 
-from bnconf import oracle, tolerance
+from bnconf.reference import oracle
+
+from bnconf.reference import error_model as tolerance
 
 
 def two_pass(x):

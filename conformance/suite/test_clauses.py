@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from bnconf.pytest_plugin import plan, results_for
+from bnconf.frontends.pytest_plugin import plan, results_for
 
 OK = ("pass", "known")
 

@@ -8,8 +8,8 @@ import time
 
 
 def _good(x, *a, **k):
-    """The catalog's correct two-pass kernel (bnconf.fault_catalog)."""
-    from bnconf.fault_catalog import CORRECT
+    """The catalog's correct two-pass kernel (bnconf.catalogs.faults)."""
+    from bnconf.catalogs.faults import CORRECT
     return CORRECT["two_pass"](x, *a, **k)
 
 

@@ -44,7 +44,7 @@ def mutates_input(x, *a, **k):
 
 def prints(x, *a, **k):
     """A correct BN (the catalog's two-pass kernel) that prints."""
-    from bnconf.fault_catalog import CORRECT
+    from bnconf.catalogs.faults import CORRECT
     print("hello from user code; this must not corrupt --json")
     return CORRECT["two_pass"](x, *a, **k)
 

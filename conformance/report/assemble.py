@@ -1,0 +1,275 @@
+"""The discrepancy report: reports/report.json (primary, schema in reports/schema.json),
+report.md and a self-contained report.html (inline CSS and SVG; no network, no script).
+
+"not run" and "unsupported" are never drawn like "fail" (the ONNX scoreboard complaint).
+Only records of one bnconf commit are counted (report_runs); the rest get their own section.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+from bnconf.report import paths as report_paths
+
+from bnconf.report import other_runs as report_runs
+from bnconf.results.provenance import platform_label
+from bnconf.results.records import atomic_write_text, read_jsonl
+from bnconf.spec.loader import get_spec
+from bnconf.spec.render import anchor
+
+# Worst first: the cell of an implementation x clause shows its worst per-dtype status.
+ORDER = ["fail", "error", "unexpected_pass", "warn", "known", "blocked", "pass", "unsupported", "not_run"]
+SYMBOL = {"pass": "pass", "fail": "FAIL", "known": "known", "unexpected_pass": "XPASS", "unsupported": "n/s",
+          "error": "ERROR", "not_run": "not run", "warn": "WARN", "blocked": "blocked"}
+COLOR = {"pass": "#cfeccf", "fail": "#f4b6b6", "known": "#fde3a7", "unexpected_pass": "#f7c4f0",
+         "unsupported": "#e6e6e6", "error": "#e0b0ff", "not_run": "#f5f5f5", "warn": "#fff1b8", "blocked": "#e3e7f5"}
+SPEC_LINK = "../spec/SPEC.md#{}"
+FP_KEYS = ("momentum_form", "default_momentum", "default_eps", "eps_placement", "normalize_variance",
+           "running_variance", "reduction", "one_value_per_channel", "variance_algorithm")
+REPRO_NOTE = ("Reproducers are written by the run under repro/ next to this report (reports/repro/) and are "
+              "not committed; run a `reproduce` command from this report's folder after `tox` has written it.")
+
+
+def _worst(statuses):
+    return min(statuses, key=lambda s: ORDER.index(s) if s in ORDER else 0)
+
+
+def declared_conventions(spec, profile_name):
+    p = spec.profiles.get(profile_name)
+    if p is None:
+        return {}
+    d = {k: p.conventions.get(k) for k in FP_KEYS if k in p.conventions}
+    d["default_momentum"], d["default_eps"] = p.default_momentum, p.default_eps
+    d["variance_algorithm"] = "stable"
+    return d
+
+
+def _implementations(results) -> dict:
+    """Per implementation, each (device, platform) with its own versions: a GPU machine's torch
+    build is not the CPU machine's."""
+    impls: dict = {}
+    for r in results:
+        i = impls.setdefault(r["implementation"], {"implementation": r["implementation"], "family": r.get("family"),
+                                                   "profile": r.get("profile"), "devices": set(), "runs": {},
+                                                   "seconds": 0.0, "cases": 0, "notes": []})
+        i["devices"].add(r.get("device"))
+        seconds, cases = float(r.get("wall_s") or r.get("elapsed_s") or 0.0), int(r.get("total_cases") or 0)
+        i["seconds"], i["cases"] = max(i["seconds"], seconds), max(i["cases"], cases)
+        if r.get("clause") == "*":
+            i["notes"].append({"device": r.get("device"), "status": r["status"], "note": r.get("note", "")})
+        if r.get("clause") == "*" and r["status"] == "not_run":
+            continue   # "gpu: not run here" is a note, not a device the implementation ran on
+        run = i["runs"].setdefault((r.get("device"), r["_platform"]), {
+            "device": r.get("device"), "platform": r["_platform"], "versions": {}, "seconds": 0.0, "cases": 0})
+        run["versions"].update(r.get("versions") or {})
+        run["seconds"], run["cases"] = max(run["seconds"], seconds), max(run["cases"], cases)
+    for i in impls.values():
+        i["devices"] = sorted(d for d in i["devices"] if d)
+        i["by_device"] = [dict(v, versions=dict(sorted(v["versions"].items())))
+                          for _, v in sorted(i.pop("runs").items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))]
+    return impls
+
+
+def _matrix(results, spec) -> list[dict]:
+    """One row per implementation x device x platform: two machines' records are never one cell."""
+    keys = sorted({(r["implementation"], r.get("device"), r["_platform"]) for r in results if r.get("device")},
+                  key=lambda k: (k[0], str(k[1]), k[2]))
+    order = {name: n for n, name in enumerate(dict.fromkeys(r["implementation"] for r in results))}
+    measured = {k for k in keys if any((r["implementation"], r.get("device"), r["_platform"]) == k
+                                       and r["clause"] != "*" for r in results)}
+    rows = []
+    for key in sorted(keys, key=lambda k: order[k[0]]):
+        if key not in measured and key[1] != "cpu":
+            continue   # a device with no result of its own (e.g. "gpu: not run, no GPU visible") is a note
+        recs = [r for r in results if (r["implementation"], r.get("device"), r["_platform"]) == key]
+        whole = [r for r in recs if r["clause"] == "*"]
+        row = {"implementation": key[0], "device": key[1], "platform": key[2], "cells": {}}
+        for c in spec.clauses:
+            cell = [r for r in recs if r["clause"] == c] or whole
+            if cell:
+                row["cells"][c] = {"status": _worst([r["status"] for r in cell]),
+                                   "cases": sum(int(r.get("cases") or 0) for r in cell),
+                                   "dtypes": {r.get("dtype"): r["status"] for r in cell}}
+        if row["cells"]:
+            rows.append(row)
+    return rows
+
+
+def _finding(r, spec) -> dict:
+    cmp = r.get("comparison") or {}
+    f = {k: r.get(k) for k in ("implementation", "device", "dtype", "clause", "status", "note", "seed", "case",
+                               "reproducer", "measured", "allowed", "ratio", "cases", "failed")}
+    f["platform"] = r["_platform"]
+    f["title"] = spec.clauses[r["clause"]].title if r["clause"] in spec.clauses else ""
+    f["link"] = SPEC_LINK.format(anchor(r["clause"])) if r["clause"] in spec.clauses else None
+    f["expected"], f["actual"], f["index"], f["quantity"] = (cmp.get("expected"), cmp.get("actual"),
+                                                             cmp.get("index"), cmp.get("key"))
+    f["known"] = r.get("known")
+    f["blocks"] = r.get("_blocks", [])
+    if r.get("traceback"):
+        f["traceback"] = r["traceback"]
+    if r.get("reproducer") and not str(r["reproducer"]).startswith("("):
+        f["reproduce"] = f"python {r['reproducer']}/repro.py"
+        f["reproducer_present"] = r.get("_repro_present")
+    return f
+
+
+def _mark_blocks(results) -> None:
+    """Each root finding lists the clauses it blocks (same implementation, device and dtype)."""
+    for r in results:
+        if r["status"] == "blocked":
+            for root in r.get("blocked_by", ()):
+                for f in results:
+                    if (f["implementation"], f.get("device"), f.get("dtype"), f["clause"]) == \
+                            (r["implementation"], r.get("device"), r.get("dtype"), root):
+                        f.setdefault("_blocks", []).append(r["clause"])
+
+
+def build(records: list[dict], spec, commit=None, archived=(), out_dir=None) -> dict:
+    """records: this machine's raw records; archived: records kept from elsewhere (reports/gpu/),
+    counted only when they carry the chosen commit; out_dir: where the report is written (paths
+    in it are relative to it)."""
+    roots = report_paths.checkout_roots()
+    raw = [report_paths.clean_record(r, out_dir, roots) for r in records]
+    kept = [report_paths.clean_record(r, out_dir, roots) for r in archived]
+    current, others, suite = report_runs.split(raw, kept, commit)
+    # workers side by side append in the order they finish: the report does not follow it
+    current.sort(key=lambda r: tuple(str(r.get(k)) for k in ("kind", "implementation", "device", "dtype", "clause",
+                                                            "fact", "status")))
+    for r in current:
+        r["_platform"] = platform_label(r.get("platform"))
+    facts = [r for r in current if r.get("kind") == "fact"]
+    results = [r for r in current if r.get("kind") not in ("fingerprint", "fact")]
+    # A "gpu: not run here" placeholder from a CPU machine gives way to GPU records of the
+    # same commit measured elsewhere (reports/gpu/) for the same implementation.
+    on_gpu = {r["implementation"] for r in results if r.get("device") not in ("cpu", None)
+              and not (r["clause"] == "*" and r["status"] == "not_run")}
+    results = [r for r in results if not (r.get("device") == "gpu" and r["status"] == "not_run"
+                                          and r["clause"] == "*" and r["implementation"] in on_gpu)]
+    fps = {r["implementation"]: r for r in current if r.get("kind") == "fingerprint"}
+    impls = _implementations(results)
+    _mark_blocks(results)
+    findings = [_finding(r, spec) for r in results
+                if r["status"] in ("fail", "warn", "known", "unexpected_pass", "error")
+                and not (r["clause"] == "*" and r["status"] != "error")]
+    conventions = []
+    data_parallel = {r["implementation"] for r in results if r.get("scope") == "data_parallel"}
+    for name, i in impls.items():
+        if name in data_parallel:
+            continue   # a wrapper of a layer fingerprinted on its own; its conventions are the layer's
+        fp = fps.get(name, {}).get("fingerprint")
+        conventions.append({"implementation": name, "profile": i["profile"],
+                            "declared": declared_conventions(spec, i["profile"]), "measured": fp})
+    samples = {}
+    for r in results:
+        if r["clause"] in ("BN-NORMALIZE", "BN-VAR-STABLE") and r.get("samples"):
+            samples.setdefault(r["implementation"], {}).setdefault(r.get("dtype"), []).extend(r["samples"])
+    counts: dict = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return {
+        "schema": "bnconf-report/1",
+        "spec_version": spec.version,
+        "generated": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "suite": suite,
+        "environment": {"platforms": report_runs.platforms(current),
+                        "gpu": sorted({n["note"] for i in impls.values() for n in i["notes"] if n["device"] != "cpu"})
+                        or "GPU results present"},
+        "summary": counts,
+        "implementations": list(impls.values()),
+        "clauses": [{"id": c.id, "title": c.title, "level": c.level, "link": SPEC_LINK.format(anchor(c.id)),
+                     "planned": c.planned} for c in spec.clauses.values()],
+        "matrix": _matrix(results, spec),
+        "conventions": conventions,
+        "findings": findings,
+        "reproducers": REPRO_NOTE,
+        "accuracy_samples": samples,
+        "porting": porting_guide(spec),
+        "documents": documents(results, facts, spec),
+        "other_runs": report_runs.other_runs(others),
+    }
+
+
+def documents(results, facts, spec) -> list[dict]:
+    """Per source document: what each of its specimens gets wrong and right, and its facts."""
+    from bnconf.adapters.snippets.registry import DOCUMENTS
+    out = []
+    for doc, title in DOCUMENTS.items():
+        specimens = {}
+        for r in results:
+            name = r["implementation"]
+            if not name.startswith(f"snippet.{doc}.") or r.get("device") not in ("cpu", None):
+                continue
+            s = specimens.setdefault(name, {"implementation": name, "profile": r.get("profile"), "clauses": {}})
+            if r["clause"] != "*":
+                prev = s["clauses"].get(r["clause"])
+                s["clauses"][r["clause"]] = r["status"] if prev is None else _worst([prev, r["status"]])
+            if r["status"] in ("fail", "known", "error") and r["clause"] != "*":
+                s.setdefault("findings", {}).setdefault(r["clause"], r.get("note") or "")
+        for s in specimens.values():
+            s["violates"] = sorted(c for c, st in s["clauses"].items() if st in ("fail", "known", "error"))
+            s["conforms"] = sorted(c for c, st in s["clauses"].items() if st == "pass")
+        out.append({"document": doc, "title": title, "specimens": list(specimens.values()),
+                    "facts": [f for f in facts if f.get("document") == doc]})
+    return out
+
+
+def porting_guide(spec) -> list[dict]:
+    """How to translate momentum, eps and running variance between each pair of profiles."""
+    out = []
+    names = [n for n, p in spec.profiles.items() if p.momentum_form != "none"]
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            pa, pb = spec.profiles[a], spec.profiles[b]
+            ma, mb = pa.momentum_form, pb.momentum_form
+            if ma == mb:
+                mom = "same momentum value"
+            elif {ma, mb} == {"batch_weight", "old_weight"}:
+                mom = f"momentum_{b} = 1 - momentum_{a}"
+            elif mb == "debiased_ema" or ma == "debiased_ema":
+                mom = (f"decay = 1 - momentum ({'batch_weight' if 'batch_weight' in (ma, mb) else 'same value'}); "
+                       "the debiased EMA has no exact equivalent in the other form early in training")
+            else:
+                mom = "no direct equivalent"
+            ra, rb = pa.running_variance, pb.running_variance
+            if ra == rb:
+                var = "copy running variance as is"
+            elif ra == "unbiased" and rb == "biased":
+                var = "running_var_b = running_var_a * (n-1)/n (n: values per channel per batch; negligible for large n)"
+            elif ra == "biased" and rb == "unbiased":
+                var = "running_var_b = running_var_a * n/(n-1)"
+            else:
+                var = "n/a"
+            eps = ("same default eps" if pa.default_eps == pb.default_eps else
+                   f"set eps explicitly: {a} default {pa.default_eps}, {b} default {pb.default_eps}")
+            default_m = (f"{a} default {pa.default_momentum} -> {b}: "
+                         + (f"{1 - pa.default_momentum:g}" if {ma, mb} == {"batch_weight", "old_weight"}
+                            and pa.default_momentum is not None else f"{pa.default_momentum}"))
+            out.append({"from": a, "to": b, "momentum": mom, "default_momentum": default_m, "eps": eps,
+                        "running_variance": var})
+    return out
+
+
+def _read(paths, out_dir: Path) -> list[dict]:
+    out = []
+    for p in paths:
+        source = report_paths.source_name(p, out_dir)
+        out += [dict(r, _source=source) for r in read_jsonl([p])]
+    return out
+
+
+def build_report(raw_paths, out_dir: Path, commit=None, archived_paths=()) -> list[Path]:
+    """raw_paths: this machine's records; archived_paths: records kept from other machines
+    (reports/gpu/), counted only when they carry the same commit (see report_runs)."""
+    spec = get_spec()
+    out_dir = Path(out_dir)
+    rep = build(_read(raw_paths, out_dir), spec, commit, _read(archived_paths, out_dir), out_dir)
+    paths = [out_dir / "report.json", out_dir / "report.md", out_dir / "report.html"]
+    atomic_write_text(paths[0], json.dumps(rep, indent=1, sort_keys=True, default=str) + "\n")
+    from bnconf.report.render import render_html, render_md
+    atomic_write_text(paths[1], render_md(rep))
+    atomic_write_text(paths[2], render_html(rep))
+    return paths

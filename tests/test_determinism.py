@@ -9,7 +9,7 @@ import pytest
 
 from bnconf.running.audit import audit_implementation
 from bnconf.catalogs.faults import CORRECT, faulty
-from bnconf.frontends.user_audit import numpy_implementation
+from bnconf.running.targets import numpy_implementation
 from bnconf.spec.loader import get_spec
 from bnconf.cases.strategies import HIGH_KAPPA
 

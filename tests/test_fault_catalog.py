@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from bnconf.frontends.user_audit import audit, numpy_implementation
+from bnconf.frontends.user_audit import audit
+from bnconf.running.targets import numpy_implementation
 from bnconf.catalogs.faults import CATALOG, CORRECT_FORMS, FORMS, faulty
 
 SEEDS = [int(s) for s in os.environ.get("BNCONF_FAULT_SEEDS", "0").split(",")]

@@ -173,7 +173,7 @@ def test_a_mutated_input_is_seen_by_the_audit():
 
 
 def test_a_call_costs_well_under_a_millisecond_more_than_in_process():
-    from bnconf.frontends.user_audit import load_implementation
+    from bnconf.running.targets import load_implementation
     from bnconf.running.isolated import isolated_implementation
     x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
 

@@ -2,7 +2,7 @@
 that shows it, re-run on every audit (the pinned case, not the sampled cases, decides XPASS)."""
 import pytest
 
-from bnconf.frontends.user_audit import numpy_implementation
+from bnconf.running.targets import numpy_implementation
 from bnconf.cases.case import Case
 from bnconf.running.audit import evaluate
 from bnconf.catalogs.faults import CORRECT, faulty

@@ -6,7 +6,7 @@ import pytest
 
 from bnconf.checks import single as checks
 from bnconf.results import records as rec_mod
-from bnconf.frontends.user_audit import numpy_implementation
+from bnconf.running.targets import numpy_implementation
 from bnconf.cases.case import Case
 from bnconf.running.audit import audit_implementation, evaluate
 from bnconf.catalogs.faults import CORRECT

@@ -153,7 +153,8 @@ def progress_bar(total: int | None, label: str):
 
 
 def cmd_audit(args) -> int:
-    from bnconf.frontends.user_audit import TargetError, audit
+    from bnconf.frontends.user_audit import audit
+    from bnconf.running.targets import TargetError
     from bnconf.spec.loader import SpecError
     try:
         rep = audit(args.target, args.profile, kind=args.kind, max_examples=args.max_examples, seed=args.seed,
@@ -217,7 +218,7 @@ def cmd_fingerprint(args) -> int:
         return _err("fingerprint needs a TARGET (or --list)")
     from bnconf.results.fingerprint import fingerprint
     if ":" in args.target:
-        from bnconf.frontends.user_audit import TargetError, make_implementation
+        from bnconf.running.targets import TargetError, make_implementation
         try:
             impl = make_implementation(args.target, args.profile or "torch", args.kind)
         except TargetError as exc:

@@ -1,143 +1,17 @@
-"""Audit a hand-written BN: a NumPy function with the bnconf protocol, or a torch nn.Module.
-
-NumPy protocol (see README, 'Audit your own BN'):
-
-    batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum, eps, axis=1)
-        -> (y, new_running_mean, new_running_var)
-
-The user's code runs with a per-call time limit and with its stdout captured; whatever it
-does wrong (raise, return the wrong thing, mutate its inputs, hang) becomes a violation
-that names the clause or protocol rule, never a traceback from bnconf.
-"""
+"""Audit a hand-written BN (`bnconf audit`, `bnconf.audit`): the shared cases against one
+implementation, each clause's verdict with a failing case, its reproducer and what it blocks."""
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
-import io
-import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnconf.adapters._protocol import Implementation, Unsupported, default_capabilities
-
-from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit
-
-
-class TargetError(Exception):
-    """The target cannot be loaded (usage error, exit status 2)."""
-
-
-def load_target(target: str):
-    """'path/to/file.py:NAME' or 'package.module:NAME'."""
-    if ":" not in target:
-        raise TargetError(f"target {target!r} must be 'path/to/file.py:NAME' or 'package.module:NAME'")
-    mod_part, _, name = target.rpartition(":")
-    if not name.isidentifier():
-        raise TargetError(f"{name!r} in target {target!r} is not a Python name")
-    try:
-        if mod_part.endswith(".py") or "/" in mod_part or "\\" in mod_part:
-            path = Path(mod_part)
-            if not path.is_file():
-                raise TargetError(f"file {path} not found (target {target!r})")
-            spec = importlib.util.spec_from_file_location(f"bnconf_user_{abs(hash(str(path.resolve())))}", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            with contextlib.redirect_stdout(io.StringIO()):
-                spec.loader.exec_module(module)
-        else:
-            with contextlib.redirect_stdout(io.StringIO()):
-                module = importlib.import_module(mod_part)
-    except TargetError:
-        raise
-    except SyntaxError as exc:
-        raise TargetError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}") from None
-    except Exception as exc:
-        raise TargetError(f"importing {mod_part!r} failed: {type(exc).__name__}: {exc}") from None
-    if not hasattr(module, name):
-        raise TargetError(f"{mod_part!r} has no attribute {name!r}")
-    return getattr(module, name)
-
-
-def numpy_implementation(fn, name, profile, timeout=CALL_TIMEOUT_S) -> Implementation:
-    from bnconf.adapters.numpy_protocol import implementation
-    return implementation(fn, name, profile, timeout)
-
-
-class _TorchModuleInstance:
-    """A module constructed as NAME(num_features), switched with .train()/.eval() (and, for
-    modules that read torch.is_grad_enabled(), run under no_grad in eval)."""
-
-    def __init__(self, cls, params, timeout):
-        import torch
-        self.torch, self.p, self.timeout = torch, params, timeout
-        if params["momentum"] != "default" or params["eps"] != "default":
-            raise Unsupported("a module built as NAME(num_features) keeps its own momentum and eps")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), _time_limit(timeout):
-                self.m = cls(params["num_features"])
-        except (Unsupported, CallTimeout):
-            raise
-        except Exception as exc:
-            raise ProtocolError(f"NAME(num_features) raised {type(exc).__name__}: {exc}") from None
-        self.m = self.m.to(getattr(torch, params["dtype"]))
-        self._w, self._b = self._affine()
-        if params["affine"] == "random":
-            with torch.no_grad():
-                self._w.copy_(torch.as_tensor(params["weight"]).reshape(self._w.shape))
-                self._b.copy_(torch.as_tensor(params["bias"]).reshape(self._b.shape))
-
-    def _affine(self):
-        named = dict(self.m.named_parameters())
-        w = next((named[k] for k in ("weight", "gamma", "scale") if k in named), None)
-        b = next((named[k] for k in ("bias", "beta", "offset") if k in named), None)
-        if w is None or b is None:
-            raise Unsupported(f"no scale/shift parameters found among {sorted(named)}")
-        return w, b
-
-    def _buffers(self):
-        d = dict(self.m.named_buffers())
-        d.update({k: v for k, v in vars(self.m).items() if isinstance(v, self.torch.Tensor)})
-        mean = next((d[k] for k in ("running_mean", "moving_mean") if k in d), None)
-        var = next((d[k] for k in ("running_var", "moving_var", "running_std") if k in d), None)
-        return mean, var
-
-    def forward(self, x, training, dy):
-        torch = self.torch
-        xt = torch.as_tensor(x)
-        self.m.train(training)
-        ctx = contextlib.nullcontext() if training else torch.no_grad()
-        for p in self.m.parameters():
-            p.grad = None
-        xt.requires_grad_(dy is not None and training)
-        with ctx, contextlib.redirect_stdout(io.StringIO()), _time_limit(self.timeout):
-            y = self.m(xt)
-        if not isinstance(y, torch.Tensor):
-            raise ProtocolError(f"forward returned {type(y).__name__}, not a tensor")
-        out = {"y": y.detach().numpy().copy(), "y_dtype": str(y.dtype).replace("torch.", "")}
-        if dy is not None and training:
-            (y * torch.as_tensor(dy)).sum().backward()
-            out["dx"] = xt.grad.numpy().copy()
-            out["dweight"] = self._w.grad.detach().numpy().reshape(-1).copy()
-            out["dbias"] = self._b.grad.detach().numpy().reshape(-1).copy()
-        return out
-
-    def running_stats(self):
-        m, v = self._buffers()
-        if m is None or v is None:
-            return None
-        return m.detach().numpy().reshape(-1).copy(), v.detach().numpy().reshape(-1).copy()
-
-    def counter(self):
-        return None
-
-
-def torch_module_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S) -> Implementation:
-    caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
-                                explicit_momentum=False, default_eps=True, default_momentum=True, affine_off=False,
-                                default_init=True)
-    return Implementation(name, profile, caps, lambda params, device: _TorchModuleInstance(cls, params, timeout),
-                          lambda: {"torch": __import__("torch").__version__}, lambda: ["cpu"], "user")
+from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S
+from bnconf.report import reproducers as repro
+from bnconf.results.fingerprint import fingerprint as measure
+from bnconf.running.audit import audit_implementation, missing_capability, run_case
+from bnconf.running.targets import make_implementation
+from bnconf.spec.loader import get_spec
 
 
 @dataclass
@@ -166,45 +40,11 @@ class AuditReport:
                 "fingerprint": self.fingerprint, "cases": self.cases, "seconds": round(self.seconds, 3)}
 
 
-def make_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S):
-    """The user's target in a process of its own (isolated.py): a segfault, os._exit, an OOM
-    kill or a hang in it is a violation of the clause being exercised, never the audit's end.
-    Raises TargetError, in this process, when the target cannot be loaded."""
-    from bnconf.running.isolated import isolated_implementation
-    return isolated_implementation(target, profile, kind, timeout)
-
-
-def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S):
-    """The user's target in this process: what the isolated process runs. Callers that want
-    the user's code beside their own pass `impl=` to audit() (e.g. numpy_implementation(fn))."""
-    obj = load_target(target)
-    if kind == "numpy":
-        if not callable(obj):
-            raise TargetError(f"{target!r} is not callable")
-        return numpy_implementation(obj, target, profile, timeout)
-    if kind == "torch-module":
-        try:
-            import torch
-        except ImportError:
-            raise TargetError("--kind torch-module needs torch installed") from None
-        if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
-            raise TargetError(f"{target!r} is not a torch.nn.Module subclass")
-        return torch_module_implementation(obj, target, profile, timeout)
-    raise TargetError(f"unknown --kind {kind!r}; use numpy or torch-module")
-
-
 def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path=None, repro_dir=None,
           shrink_budget=25, fingerprint=True, timeout=CALL_TIMEOUT_S, impl=None, progress=None,
           quota=100) -> AuditReport:
     """Run the shared cases, at least `quota` per clause that applies (max_examples caps
     the total); returns an AuditReport."""
-    import time
-
-    from bnconf.report import reproducers as repro
-    from bnconf.running.audit import audit_implementation, missing_capability, run_case
-    from bnconf.results.fingerprint import fingerprint as measure
-    from bnconf.spec.loader import get_spec
-
     spec = get_spec(spec_path)
     prof = spec.profile(profile)
     impl = impl or make_implementation(target, profile, kind, timeout)

@@ -57,7 +57,7 @@ def _rebuild(name: str, message: str) -> Exception:
     failure by it), a TargetError as audit_user's (exit 2); the rest as Exceptions, even a
     KeyboardInterrupt of the user's code, so that it is that call's error and stops nothing."""
     if name == "TargetError":
-        from bnconf.frontends.user_audit import TargetError
+        from bnconf.running.targets import TargetError
         return TargetError(message)
     if name in ("Unsupported", "CallTimeout"):
         return (Unsupported if name == "Unsupported" else CallTimeout)(message)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from bnconf.frontends.user_audit import numpy_implementation
+from bnconf.running.targets import numpy_implementation
 from bnconf.checks.single import CHECKS, EMITS, NUMERIC
 from bnconf.running.audit import audit_implementation
 from bnconf.catalogs.faults import CATALOG, CORRECT_FORMS, FORMS, faulty

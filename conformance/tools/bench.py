@@ -114,7 +114,8 @@ def detection(quota=100, fault_seeds=range(10), correct_seeds=range(50), echo=pr
     per clause) at each seed: the clauses it is reported under (violations and warnings,
     blocked dependents apart) against exactly the catalog's, and how many cases the first
     violation needed; every correct kernel's findings at each seed (there must be none)."""
-    from bnconf.frontends.user_audit import audit, numpy_implementation
+    from bnconf.frontends.user_audit import audit
+    from bnconf.running.targets import numpy_implementation
     from bnconf.catalogs.faults import CATALOG, CORRECT_FORMS, FORMS, faulty
     rows = []
     for form in FORMS:
@@ -292,7 +293,7 @@ def main(args) -> int:
         out["audit"]["correct_wall_s"] = round(wall, 2)
         out["audit"]["correct_peak_rss_mb"] = round(peak, 1)
         print(f"\nbnconf audit examples/my_bn.py:batch_norm --profile torch: {wall:.2f} s wall, peak RSS {peak:.0f} MB")
-    from bnconf.frontends.user_audit import numpy_implementation
+    from bnconf.running.targets import numpy_implementation
     from bnconf.catalogs.faults import faulty
     res = engine.audit_implementation(numpy_implementation(faulty("eps_outside_sqrt"), "f", "torch"), "cpu", _spec(),
                                       _spec().profile("torch"), shrink_budget=0)

@@ -6,6 +6,7 @@ import pytest
 from bnconf.reference import oracle
 
 from bnconf.reference import error_model as tolerance
+from bnconf.reference.comparison import compare
 
 
 def two_pass(x):
@@ -46,7 +47,7 @@ def worst_ratio(stat, kappa, shape, trials, spec, seed=0):
         x = (mean.reshape(1, -1, 1) + std.reshape(1, -1, 1) * rng.standard_normal(shape)).astype(np.float32)
         y_exp = oracle.train_forward(x, None, None, 1e-5, 1, spec.profile("torch"))[0]
         bound = tolerance.y_train_bound(model, x, None, None, 1e-5, 1, 2.0 ** -24, y_exp)
-        worst = max(worst, tolerance.compare(float32_bn(stat, x), y_exp, bound).ratio)
+        worst = max(worst, compare(float32_bn(stat, x), y_exp, bound).ratio)
     return worst
 
 
@@ -72,18 +73,18 @@ def test_float64_layer_computing_in_float32_is_rejected(spec):
     y_exp = oracle.train_forward(x, None, None, 1e-5, 1, spec.profile("torch"))[0]
     y32 = float32_bn(two_pass, x.astype(np.float32)).astype(np.float64)
     bound = tolerance.y_train_bound(model, x, None, None, 1e-5, 1, 2.0 ** -53, y_exp)
-    assert not tolerance.compare(y32, y_exp, bound).ok
-    assert tolerance.compare(y_exp * (1 + 1e-15), y_exp, bound).ok
+    assert not compare(y32, y_exp, bound).ok
+    assert compare(y_exp * (1 + 1e-15), y_exp, bound).ok
 
 
 def test_comparison_reports_measured_allowed_and_where():
-    c = tolerance.compare(np.array([[1.0, 2.0], [3.0, 4.5]]), np.array([[1.0, 2.0], [3.0, 4.0]]), 0.1)
+    c = compare(np.array([[1.0, 2.0], [3.0, 4.5]]), np.array([[1.0, 2.0], [3.0, 4.0]]), 0.1)
     assert not c.ok and c.index == (1, 1) and c.measured == pytest.approx(0.5) and c.allowed == 0.1
     assert c.ratio == pytest.approx(5.0) and "index (1, 1)" in c.describe()
-    assert tolerance.compare([np.nan, 1.0], [np.nan, 1.0], 0.0).ok          # NaN where NaN is expected
-    assert not tolerance.compare([np.nan, 1.0], [0.0, 1.0], 1.0).ok          # NaN where a value is expected
-    assert not tolerance.compare([np.inf], [-np.inf], 1.0).ok
-    bad = tolerance.compare(np.zeros((2, 3)), np.zeros((3, 2)), 1.0)
+    assert compare([np.nan, 1.0], [np.nan, 1.0], 0.0).ok          # NaN where NaN is expected
+    assert not compare([np.nan, 1.0], [0.0, 1.0], 1.0).ok          # NaN where a value is expected
+    assert not compare([np.inf], [-np.inf], 1.0).ok
+    bad = compare(np.zeros((2, 3)), np.zeros((3, 2)), 1.0)
     assert not bad.ok and "shape" in bad.note
 
 

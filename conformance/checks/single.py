@@ -20,7 +20,7 @@ from bnconf.reference import oracle
 
 from bnconf.reference import error_model as tolerance
 from bnconf.cases.case import Case, cast, centred
-from bnconf.reference.error_model import Comparison, compare
+from bnconf.reference.comparison import Comparison, compare
 
 # Alternatives tried when a quantity deviates (attribution), per convention field.
 FLIPS = {

@@ -20,7 +20,7 @@ from bnconf.reference import error_model as tolerance
 from bnconf.cases.case import channel_kappa
 from bnconf.checks.single import Outcome, _worst
 from bnconf.cases.sync_case import SyncCase
-from bnconf.reference.error_model import compare
+from bnconf.reference.comparison import compare
 
 
 @dataclass

@@ -226,6 +226,7 @@ def _probe_variance_algorithm(impl, fa, caps):
     """float32 at |mean|/std = 1e4: a stable algorithm stays within the model, one-pass does not."""
     from bnconf.reference import oracle
     from bnconf.reference import error_model as tolerance
+    from bnconf.reference.comparison import compare
     from bnconf.spec.loader import get_spec
     if "float32" not in caps["dtypes"]:
         return None
@@ -241,4 +242,4 @@ def _probe_variance_algorithm(impl, fa, caps):
     prof = spec.profile("torch")
     y_exp = oracle.train_forward(x, arrays.get("weight"), arrays.get("bias"), 1e-5, fa, prof)[0]
     bound = tolerance.y_train_bound(model, x, arrays.get("weight"), arrays.get("bias"), 1e-5, fa, 2.0 ** -24, y_exp)
-    return "stable" if tolerance.compare(y, y_exp, bound).ok else "one_pass"
+    return "stable" if compare(y, y_exp, bound).ok else "one_pass"

@@ -1,5 +1,7 @@
 """What an adapter provides. NumPy only, and no import of bnconf: adapters know their
 framework and nothing about the spec, and reproducers embed this file verbatim."""
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -21,23 +23,55 @@ class Implementation:
         self.build, self.versions, self.devices, self.family = build, versions, devices, family
 
 
-def default_capabilities(**over):
-    caps = dict(ranks=(2, 3, 4, 5), feature_axes=("first", "last"), dtypes=("float16", "bfloat16", "float32", "float64"),
-                grads=True, running_stats=True, momentum_none=False, no_running_stats=False,
-                affine_off=True, default_init=True, channels_last_memory=False, default_eps=True,
-                default_momentum=True, explicit_momentum=True, empty_batch=True, eval_without_stats=True)
-    caps.update(over)
-    return caps
+@dataclass(frozen=True)
+class Capabilities:
+    """What one implementation can be asked to do; each default here is the only one.
+    A clause that `needs` a capability the implementation lacks is `unsupported`, never run."""
+    ranks: tuple = (2, 3, 4, 5)
+    feature_axes: tuple = ("first", "last")
+    dtypes: tuple = ("float16", "bfloat16", "float32", "float64")
+    grads: bool = True                 # dx, dweight, dbias from a backward pass
+    running_stats: bool = True
+    momentum_none: bool = False        # momentum=None: a cumulative average (torch)
+    no_running_stats: bool = False     # track_running_stats=False: batch statistics in eval too
+    affine_off: bool = True            # no gamma/beta at all
+    default_init: bool = True          # the framework's own gamma/beta/running-statistics init
+    channels_last_memory: bool = False
+    default_eps: bool = True           # can be called without an eps
+    default_momentum: bool = True      # can be called without a momentum
+    explicit_momentum: bool = True     # can be given a momentum
+    empty_batch: bool = True           # a batch of zero rows reaches the kernel
+    eval_without_stats: bool = True    # eval without running statistics (F.batch_norm cannot)
+    eval_batch_stats: bool = False     # an eval-mode call that normalizes with batch statistics
+    layout_pool: int = 0               # > 0: shapes come from a per-run pool of this many per
+                                       # dtype (each new shape is a compile for a JIT framework)
 
 
-def sync_capabilities(**over):
+def default_capabilities(**over) -> Capabilities:
+    return Capabilities(**over)
+
+
+@dataclass(frozen=True)
+class SyncCapabilities:
     """What a data-parallel wrapper can be asked to do: replica counts, ragged per-replica
     batches, masks, a replica with no rows, and whether it synchronizes at all."""
-    caps = dict(replicas=(2, 8), ragged=False, mask=False, empty_replica=False, ranks=(2, 4),
-                feature_axes=("last",), dtypes=("float32",), default_init=True, synchronized=True,
-                local_statistics=False, running_stats=True, grads=True)
-    caps.update(over)
-    return caps
+    replicas: tuple = (2, 8)           # the fewest and the most replicas
+    ragged: bool = False               # replicas with different batch sizes
+    mask: bool = False                 # rows masked out of the statistics
+    empty_replica: bool = False
+    ranks: tuple = (2, 4)
+    feature_axes: tuple = ("last",)
+    dtypes: tuple = ("float32",)
+    default_init: bool = True
+    synchronized: bool = True          # statistics over all replicas (False: per replica)
+    local_statistics: bool = False     # can be asked for per-replica statistics on purpose
+    running_stats: bool = True
+    grads: bool = True
+    layout_pool: int = 0
+
+
+def sync_capabilities(**over) -> SyncCapabilities:
+    return SyncCapabilities(**over)
 
 
 def np_out(a, dtype_name=None):

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from ._protocol import SyncImplementation, Unsupported
+from ._protocol import SyncImplementation, Unsupported, sync_capabilities
 
 FAMILY = "distributed"
 # XLA compiles a program per per-device shape: cases take their frames from a per-run pool
@@ -291,17 +291,16 @@ def devices():
 
 
 def implementations():
-    from ._protocol import sync_capabilities as caps
     rows = []
     for layer in ("flax.linen.BatchNorm", "flax.nnx.BatchNorm"):
         for wrapper, run in (("pmap", _run_pmap), ("shard_map", _run_shard_map), ("jit-sharded", _run_jit)):
             if layer == "flax.nnx.BatchNorm" and wrapper == "pmap":
                 continue   # nnx modules are stateful objects; shard_map and jit are its data-parallel paths
-            rows.append(SyncImplementation(f"{layer}[{wrapper}]", "flax",
-                                           caps(mask=True, dtypes=("float32", "float64"), default_init=False,
-                                                layout_pool=LAYOUT_POOL),
-                                           run(layer), versions, devices, FAMILY))
+            caps = sync_capabilities(mask=True, dtypes=("float32", "float64"), default_init=False,
+                                     layout_pool=LAYOUT_POOL)
+            rows.append(SyncImplementation(f"{layer}[{wrapper}]", "flax", caps, run(layer), versions, devices, FAMILY))
     rows.append(SyncImplementation("haiku.BatchNorm[pmap]", "haiku",
-                                   caps(dtypes=("float32", "float64"), default_init=False, layout_pool=LAYOUT_POOL),
+                                   sync_capabilities(dtypes=("float32", "float64"), default_init=False,
+                                                     layout_pool=LAYOUT_POOL),
                                    _run_pmap("haiku.BatchNorm"), versions, devices, FAMILY))
     return rows

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ._protocol import SyncImplementation, Unsupported
+from ._protocol import SyncImplementation, Unsupported, sync_capabilities
 
 FAMILY = "distributed"
 DEVICES = 8
@@ -106,12 +106,11 @@ def devices():
 
 
 def implementations():
-    from ._protocol import sync_capabilities as caps
     common = dict(ragged=True, mask=True, empty_replica=False, dtypes=("float32", "float64"), default_init=False)
     return [
         SyncImplementation("keras.layers.BatchNormalization[synchronized=True][MirroredStrategy]", "keras",
-                           caps(**common), _run(True), versions, devices, FAMILY),
+                           sync_capabilities(**common), _run(True), versions, devices, FAMILY),
         SyncImplementation("keras.layers.BatchNormalization[MirroredStrategy]", "keras",
-                           caps(synchronized=False, local_statistics=True, **common), _run(False), versions, devices,
-                           FAMILY),
+                           sync_capabilities(synchronized=False, local_statistics=True, **common), _run(False), versions,
+                           devices, FAMILY),
     ]

@@ -14,7 +14,7 @@ import tempfile
 
 import numpy as np
 
-from ._protocol import SyncImplementation, Unsupported
+from ._protocol import SyncImplementation, Unsupported, sync_capabilities
 
 FAMILY = "distributed"
 WORLD = 8
@@ -164,8 +164,7 @@ def devices():
 
 
 def implementations():
-    from ._protocol import sync_capabilities as caps
     common = dict(ragged=True, empty_replica=True, feature_axes=("first",), dtypes=("float32", "float64"),
                   default_init=False)
-    return [SyncImplementation(f"torch.nn.SyncBatchNorm[{b}]", "torch", caps(**common), _run(b), versions, devices,
-                               FAMILY) for b in ("gloo", "nccl")]
+    return [SyncImplementation(f"torch.nn.SyncBatchNorm[{b}]", "torch", sync_capabilities(**common), _run(b), versions,
+                               devices, FAMILY) for b in ("gloo", "nccl")]

@@ -11,7 +11,7 @@ from bnconf.running.audit import audit_implementation
 from bnconf.catalogs.faults import CORRECT, faulty
 from bnconf.running.targets import numpy_implementation
 from bnconf.spec.loader import get_spec
-from bnconf.cases.strategies import HIGH_KAPPA
+from bnconf.cases.focus import HIGH_KAPPA
 
 TIMING_KEYS = {"elapsed_s", "wall_s", "seconds"}
 

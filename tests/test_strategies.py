@@ -6,7 +6,8 @@ from hypothesis import find, given, settings, strategies as st
 
 from bnconf.adapters._protocol import default_capabilities
 from bnconf.cases.case import Case, cast, channel_kappa, materialize, round_to_bfloat16
-from bnconf.cases.strategies import cases, fits, pinned_for
+from bnconf.cases.pinned import pinned_for
+from bnconf.cases.strategies import cases, fits
 
 TORCH_LIKE = default_capabilities(ranks=(4,), feature_axes=("first",), momentum_none=True, no_running_stats=True,
                                   channels_last_memory=True)

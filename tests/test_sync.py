@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from bnconf.adapters._protocol import sync_capabilities
 from bnconf.spec.loader import get_spec
-from bnconf.cases.strategies import sync_cases, sync_pinned_for
+from bnconf.cases.pinned import sync_pinned_for
+from bnconf.cases.sync_strategies import sync_cases
 from bnconf.cases.sync_case import SyncCase, materialize
 from bnconf.running.sync_audit import audit_sync
 from bnconf.catalogs.sync_faults import SYNC_FAULTS, implementation
@@ -87,9 +88,9 @@ def test_unweighted_average_is_named_in_the_finding():
 def test_pinned_sync_cases_fit_capabilities():
     for caps in (sync_capabilities(), sync_capabilities(mask=True), sync_capabilities(ragged=True, replicas=(2, 3))):
         for c in sync_pinned_for(caps):
-            lo, hi = caps["replicas"]
+            lo, hi = caps.replicas
             assert lo <= c.replicas <= hi
-            assert c.even or caps["ragged"] or caps["mask"]
+            assert c.even or caps.ragged or caps.mask
 
 
 @pytest.mark.slow

@@ -1,6 +1,2 @@
 """Specimens: BN code transcribed from the source documents (see each module's docstring)."""
-
-
-def implementations():
-    from .registry import implementations as _impls
-    return _impls()
+from .registry import implementations  # noqa: F401  (the adapter registry's entry point)

@@ -6,9 +6,8 @@ The document presents it as PyTorch code (profile `torch`). Transcribed as writt
 mode chosen by torch.is_grad_enabled(), inputs of rank 2 or 4 only, `momentum` weights the
 OLD value (moving = momentum*moving + (1-momentum)*batch), biased running variance.
 """
-import numpy as np
-
-from .._protocol import Implementation, Unsupported, default_capabilities, np_out
+from .._protocol import Implementation, default_capabilities
+from .torch_specimen import CallerHeldState
 
 SOURCE_DOCUMENT = "seeds/000 (Chinese blog post quoting d2l.ai, chapter_convolutional-modern/batch-norm)"
 CLAIMED_PROFILE = "torch"
@@ -50,46 +49,13 @@ def batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum):
 # ----------------------------------------------------------------- end of the document's code
 
 
-class _Instance:
-    """Holds gamma/beta/moving stats shaped as d2l's BatchNorm class does ((1, C) or (1, C, 1, 1),
-    moving_mean 0, moving_var 1) and calls batch_norm as written."""
+class _Instance(CallerHeldState):
+    """Holds gamma/beta/moving stats shaped as d2l's BatchNorm class does and calls batch_norm
+    as written (it reads the mode from torch.is_grad_enabled())."""
 
-    def __init__(self, params):
-        if params["momentum"] in ("default", None) or params["eps"] == "default":
-            raise Unsupported("the function takes eps and momentum explicitly")
-        self.p = params
-        c, rank = params["num_features"], params["rank"]
-        self.shape = (1, c) if rank == 2 else (1, c, 1, 1)
-        dt = getattr(torch, params["dtype"])
-        w = np.ones(c) if params["affine"] != "random" else params["weight"]
-        b = np.zeros(c) if params["affine"] != "random" else params["bias"]
-        self.gamma = torch.tensor(np.asarray(w, np.float64), dtype=dt).reshape(self.shape).requires_grad_(True)
-        self.beta = torch.tensor(np.asarray(b, np.float64), dtype=dt).reshape(self.shape).requires_grad_(True)
-        self.mm = torch.zeros(self.shape, dtype=dt)
-        self.mv = torch.ones(self.shape, dtype=dt)
-
-    def forward(self, x, training, dy):
-        xt = torch.as_tensor(x)
-        ctx = torch.enable_grad() if training else torch.no_grad()
-        with ctx:
-            xt.requires_grad_(training and dy is not None)
-            y, mm, mv = batch_norm(xt, self.gamma, self.beta, self.mm, self.mv, eps=float(self.p["eps"]),
-                                   momentum=float(self.p["momentum"]))
-        out = {"y": y.detach().numpy().copy(), "y_dtype": str(y.dtype).replace("torch.", "")}
-        if training and dy is not None:
-            self.gamma.grad = self.beta.grad = None
-            (y * torch.as_tensor(dy)).sum().backward()
-            out.update(dx=xt.grad.numpy().copy(), dweight=self.gamma.grad.numpy().reshape(-1).copy(),
-                       dbias=self.beta.grad.numpy().reshape(-1).copy())
-        if training:
-            self.mm, self.mv = mm.reshape(self.shape), mv.reshape(self.shape)
-        return out
-
-    def running_stats(self):
-        return self.mm.numpy().reshape(-1).copy(), self.mv.numpy().reshape(-1).copy()
-
-    def counter(self):
-        return None
+    def call(self, xt, training):
+        return batch_norm(xt, self.gamma, self.beta, self.mm, self.mv, eps=float(self.p["eps"]),
+                          momentum=float(self.p["momentum"]))
 
 
 def implementations():

@@ -16,9 +16,8 @@ REPAIRS lists the minimal repair of each; the repaired code keeps everything els
 written, including `sqrt(var - eps)`, the old-weight momentum 0.9 and the mode chosen by
 torch.is_grad_enabled(). What it still gets wrong is a finding, not a repair.
 """
-import numpy as np
-
 from .._protocol import Implementation, Unsupported, default_capabilities
+from .torch_specimen import CallerHeldState, prepare_module
 
 SOURCE_DOCUMENT = "seeds/004 (Batch normalization（批归一化）interview notes)"
 CLAIMED_PROFILE = "torch"
@@ -91,44 +90,13 @@ def _namespace(src, only_function=False):
     return ns
 
 
-class _FunctionInstance:
+class _FunctionInstance(CallerHeldState):
     def __init__(self, params, repaired):
-        import torch
-        if params["momentum"] in ("default", None) or params["eps"] == "default":
-            raise Unsupported("the function takes eps and momentum explicitly")
-        self.torch, self.p = torch, params
+        super().__init__(params)
         self.fn = _namespace(repaired_source() if repaired else SOURCE, only_function=True)["batch_norm"]
-        c, rank = params["num_features"], params["rank"]
-        self.shape = (1, c) if rank == 2 else (1, c, 1, 1)
-        dt = getattr(torch, params["dtype"])
-        w = np.ones(c) if params["affine"] != "random" else params["weight"]
-        b = np.zeros(c) if params["affine"] != "random" else params["bias"]
-        self.gamma = torch.tensor(np.asarray(w, np.float64), dtype=dt).reshape(self.shape).requires_grad_(True)
-        self.beta = torch.tensor(np.asarray(b, np.float64), dtype=dt).reshape(self.shape).requires_grad_(True)
-        self.mm, self.mv = torch.zeros(self.shape, dtype=dt), torch.ones(self.shape, dtype=dt)
 
-    def forward(self, x, training, dy):
-        torch = self.torch
-        xt = torch.as_tensor(x)
-        with (torch.enable_grad() if training else torch.no_grad()):
-            xt.requires_grad_(training and dy is not None)
-            y, mm, mv = self.fn(xt, self.gamma, self.beta, self.mm, self.mv, float(self.p["eps"]),
-                                float(self.p["momentum"]))
-        out = {"y": y.detach().numpy().copy(), "y_dtype": str(y.dtype).replace("torch.", "")}
-        if training and dy is not None:
-            (y * torch.as_tensor(dy)).sum().backward()
-            out.update(dx=xt.grad.numpy().copy(), dweight=self.gamma.grad.numpy().reshape(-1).copy(),
-                       dbias=self.beta.grad.numpy().reshape(-1).copy())
-            self.gamma.grad = self.beta.grad = None
-        if training:
-            self.mm, self.mv = mm.detach().reshape(self.shape), mv.detach().reshape(self.shape)
-        return out
-
-    def running_stats(self):
-        return self.mm.numpy().reshape(-1).copy(), self.mv.numpy().reshape(-1).copy()
-
-    def counter(self):
-        return None
+    def call(self, xt, training):
+        return self.fn(xt, self.gamma, self.beta, self.mm, self.mv, float(self.p["eps"]), float(self.p["momentum"]))
 
 
 class _ModuleInstance:
@@ -138,13 +106,8 @@ class _ModuleInstance:
             raise Unsupported("the module fixes eps=1e-5 and momentum=0.9 itself")
         self.torch, self.p = torch, params
         ns = _namespace(repaired_source() if repaired else SOURCE)
-        self.m = ns["batchNorm"](params["num_features"], params["rank"]).to(getattr(torch, params["dtype"]))
-        self.m.moving_mean = self.m.moving_mean.to(getattr(torch, params["dtype"]))
-        self.m.moving_var = self.m.moving_var.to(getattr(torch, params["dtype"]))
-        if params["affine"] == "random":
-            with torch.no_grad():
-                self.m.gamma.copy_(torch.as_tensor(params["weight"]).reshape(self.m.gamma.shape))
-                self.m.beta.copy_(torch.as_tensor(params["bias"]).reshape(self.m.beta.shape))
+        self.m = prepare_module(ns["batchNorm"](params["num_features"], params["rank"]), params,
+                                ("moving_mean", "moving_var"))
 
     def forward(self, x, training, dy):
         torch = self.torch

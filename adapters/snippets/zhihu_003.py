@@ -9,9 +9,8 @@ NEW batch (running = alpha*mean + (1-alpha)*running), running_var initialised to
 the convolution branch initialises beta to ONES, biased running variance, inputs of rank
 2 or 4 only.
 """
-import numpy as np
-
-from .._protocol import Implementation, Unsupported, default_capabilities, np_out
+from .._protocol import Implementation, Unsupported, default_capabilities
+from .torch_specimen import CallerHeldState, prepare_module
 
 SOURCE_DOCUMENT = "seeds/003 (Batch normalization, LeNet example)"
 CLAIMED_PROFILE = "torch"
@@ -81,40 +80,15 @@ def _np(t):
     return t.detach().numpy().copy()
 
 
-class _FunctionInstance:
-    """batch_norm(...) called as the module calls it, with caller-held state (0/1 init)."""
+class _FunctionInstance(CallerHeldState):
+    """batch_norm(...) called as the module calls it, with caller-held state (0/1 init), in
+    whatever grad mode the caller is in (the function takes the mode as an argument)."""
+    takes = "eps and alpha"
+    switches_grad_mode = False
 
-    def __init__(self, params):
-        if params["momentum"] in ("default", None) or params["eps"] == "default":
-            raise Unsupported("the function takes eps and alpha explicitly")
-        self.p = params
-        c, rank = params["num_features"], params["rank"]
-        self.shape = (1, c) if rank == 2 else (1, c, 1, 1)
-        dt = getattr(torch, params["dtype"])
-        w = np.ones(c) if params["affine"] != "random" else params["weight"]
-        b = np.zeros(c) if params["affine"] != "random" else params["bias"]
-        self.gamma = torch.tensor(np.asarray(w, np.float64), dtype=dt).reshape(self.shape).requires_grad_(True)
-        self.beta = torch.tensor(np.asarray(b, np.float64), dtype=dt).reshape(self.shape).requires_grad_(True)
-        self.rm, self.rv = torch.zeros(self.shape, dtype=dt), torch.ones(self.shape, dtype=dt)
-
-    def forward(self, x, training, dy):
-        xt = torch.as_tensor(x).requires_grad_(training and dy is not None)
-        y, rm, rv = batch_norm(training, xt, float(self.p["eps"]), self.gamma, self.beta, self.rm, self.rv,
-                               float(self.p["momentum"]))
-        out = {"y": _np(y), "y_dtype": str(y.dtype).replace("torch.", "")}
-        if training and dy is not None:
-            (y * torch.as_tensor(dy)).sum().backward()
-            out.update(dx=xt.grad.numpy().copy(), dweight=_np(self.gamma.grad).reshape(-1),
-                       dbias=_np(self.beta.grad).reshape(-1))
-            self.gamma.grad = self.beta.grad = None
-        self.rm, self.rv = rm.detach().reshape(self.shape), rv.detach().reshape(self.shape)
-        return out
-
-    def running_stats(self):
-        return _np(self.rm).reshape(-1), _np(self.rv).reshape(-1)
-
-    def counter(self):
-        return None
+    def call(self, xt, training):
+        return batch_norm(training, xt, float(self.p["eps"]), self.gamma, self.beta, self.mm, self.mv,
+                          float(self.p["momentum"]))
 
 
 class _ModuleInstance:
@@ -124,14 +98,8 @@ class _ModuleInstance:
         if params["momentum"] != "default" or params["eps"] != "default":
             raise Unsupported("the module fixes eps=1e-5 and momentum=0.9 itself")
         self.p = params
-        self.m = BatchNorm(is_conv=params["rank"] == 4, in_channels=params["num_features"]).to(
-            getattr(torch, params["dtype"]))
-        self.m.running_mean = self.m.running_mean.to(getattr(torch, params["dtype"]))
-        self.m.running_var = self.m.running_var.to(getattr(torch, params["dtype"]))
-        if params["affine"] == "random":
-            with torch.no_grad():
-                self.m.gamma.copy_(torch.as_tensor(params["weight"]).reshape(self.m.gamma.shape))
-                self.m.beta.copy_(torch.as_tensor(params["bias"]).reshape(self.m.beta.shape))
+        self.m = prepare_module(BatchNorm(is_conv=params["rank"] == 4, in_channels=params["num_features"]), params,
+                                ("running_mean", "running_var"))
 
     def forward(self, x, training, dy):
         self.m.train(training)

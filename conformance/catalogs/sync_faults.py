@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnconf.adapters._protocol import SyncImplementation, sync_capabilities
+
 FA = -1  # these kernels take channels-last inputs (the capabilities say so)
 
 
@@ -124,8 +126,6 @@ SYNC_FAULTS = {
 
 def implementation(fault: str, synchronized: bool = True):
     """`synchronized=False` declares the wrapper unsynchronized (BN-SYNC-LOCAL is its norm)."""
-    from bnconf.adapters._protocol import SyncImplementation
-    from bnconf.adapters._protocol import sync_capabilities
     caps = sync_capabilities(ragged=True, mask=True, empty_replica=True, dtypes=("float32", "float64"),
                              default_init=False, synchronized=synchronized)
     tag = "" if synchronized else ",unsynchronized"

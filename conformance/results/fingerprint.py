@@ -9,16 +9,20 @@ from __future__ import annotations
 import numpy as np
 
 from bnconf.cases.case import Case, materialize
+from bnconf.checks.relations import relation_inputs
+from bnconf.reference import error_model as tolerance, oracle
+from bnconf.reference.comparison import compare
 from bnconf.running.audit import build_params
 from bnconf.running.trace import run_trace
+from bnconf.spec.loader import get_spec
 
 KEYS = ("momentum_form", "default_momentum", "default_eps", "eps_placement", "normalize_variance",
         "running_variance", "reduction", "one_value_per_channel", "variance_algorithm")
 
 
 def _layout(caps, n=8, c=3, spatial=2):
-    rank = 4 if 4 in caps["ranks"] else min(caps["ranks"])
-    fa = 1 if "first" in caps["feature_axes"] else rank - 1
+    rank = 4 if 4 in caps.ranks else min(caps.ranks)
+    fa = 1 if "first" in caps.feature_axes else rank - 1
     shape = [n] + [spatial] * (rank - 1)
     shape[fa] = c
     return tuple(shape), fa
@@ -32,7 +36,7 @@ def _run(impl, case, device="cpu", steps=None):
 
 
 def _dtype(caps):
-    return "float64" if "float64" in caps["dtypes"] else "float32"
+    return "float64" if "float64" in caps.dtypes else "float32"
 
 
 def _stats(x, fa):
@@ -65,7 +69,7 @@ def fingerprint(impl, *, default_momentum=True, default_eps=True) -> dict:
     fp: dict = {k: None for k in KEYS}
     fp["momentum_form"] = "none"
     fp["running_variance"] = "none"
-    if caps.get("running_stats", True) and caps.get("explicit_momentum", True):
+    if caps.running_stats and caps.explicit_momentum:
         pr = probe_momentum(impl, 0.3, dt, shape, fa)
         if pr is not None:
             w1, w2, t, arrays, n = pr
@@ -91,14 +95,14 @@ def fingerprint(impl, *, default_momentum=True, default_eps=True) -> dict:
                     fp["running_variance"] = "unbiased"
                 else:
                     fp["running_variance"] = "other"
-    if caps.get("running_stats", True) and caps.get("default_momentum", True) and default_momentum:
+    if caps.running_stats and caps.default_momentum and default_momentum:
         pr = probe_momentum(impl, "default", dt, shape, fa)
         if pr is not None:
             w1 = pr[0]
             form = fp["momentum_form"]
             val = w1 if form == "batch_weight" else (1 - w1) if form == "old_weight" else None
             fp["default_momentum"] = None if val is None else float(np.round(val, 6))
-    fp.update(_probe_eps(impl, dt, shape, fa, default_eps and caps.get("default_eps", True)))
+    fp.update(_probe_eps(impl, dt, shape, fa, default_eps and caps.default_eps))
     fp["normalize_variance"] = _probe_normalize_variance(impl, dt, fa, caps)
     fp["reduction"] = _probe_reduction(impl, dt, shape, fa)
     fp["one_value_per_channel"] = _probe_one_value(impl, dt, fa, caps)
@@ -127,10 +131,9 @@ def _centred_and_unscaled(arrays, y, fa):
 def _probe_eps(impl, dt, shape, fa, with_default):
     """Channels with variance comparable to eps: which placement reproduces y (the oracle's own
     variants), and the default eps solved from y = (x - mu)/sqrt(var + eps)."""
-    from bnconf.reference import oracle
     out = {"eps_placement": None, "default_eps": None}
     caps = impl.capabilities
-    aff = "off" if caps.get("affine_off", True) else ("default" if caps.get("default_init", True) else "random")
+    aff = "off" if caps.affine_off else ("default" if caps.default_init else "random")
     case = Case(seed=12, shape=shape, feature_axis=fa, dtype=dt, steps=1, affine=aff, momentum=0.1, eps=1e-2,
                 kappa=1.0, log_scale=-1.0, grads=False)
     arrays, y, _ = _y_for(impl, case)
@@ -154,11 +157,11 @@ def _probe_eps(impl, dt, shape, fa, with_default):
 
 
 def _probe_normalize_variance(impl, dt, fa, caps):
-    rank = 2 if 2 in caps["ranks"] else min(caps["ranks"])
+    rank = 2 if 2 in caps.ranks else min(caps.ranks)
     shape = [2] + [1] * (rank - 1)
-    fa2 = 1 if "first" in caps["feature_axes"] else rank - 1
+    fa2 = 1 if "first" in caps.feature_axes else rank - 1
     shape[fa2] = 3
-    aff = "off" if caps.get("affine_off", True) else ("default" if caps.get("default_init", True) else "random")
+    aff = "off" if caps.affine_off else ("default" if caps.default_init else "random")
     case = Case(seed=13, shape=tuple(shape), feature_axis=fa2, dtype=dt, steps=1, affine=aff, momentum=0.1,
                 eps=1e-6, grads=False)
     arrays, y, _ = _y_for(impl, case)
@@ -180,7 +183,6 @@ def _probe_normalize_variance(impl, dt, fa, caps):
 
 
 def _probe_reduction(impl, dt, shape, fa):
-    from bnconf.checks.single import relation_inputs
     case = Case(seed=14, shape=shape, feature_axis=fa, dtype=dt, steps=1, affine="random", momentum=0.1,
                 eps=1e-3, grads=False)
     arrays = materialize(case)
@@ -200,9 +202,9 @@ def _probe_reduction(impl, dt, shape, fa):
 
 
 def _probe_one_value(impl, dt, fa, caps):
-    rank = min(caps["ranks"])
+    rank = min(caps.ranks)
     shape = [1] * rank
-    fa2 = 1 if "first" in caps["feature_axes"] else rank - 1
+    fa2 = 1 if "first" in caps.feature_axes else rank - 1
     shape[fa2] = 3
     case = Case(seed=15, shape=tuple(shape), feature_axis=fa2, dtype=dt, steps=1, affine="random", momentum=0.1,
                 eps=1e-3, grads=False)
@@ -224,15 +226,10 @@ def _probe_one_value(impl, dt, fa, caps):
 
 def _probe_variance_algorithm(impl, fa, caps):
     """float32 at |mean|/std = 1e4: a stable algorithm stays within the model, one-pass does not."""
-    from bnconf.reference import oracle
-    from bnconf.reference import error_model as tolerance
-    from bnconf.reference.comparison import compare
-    from bnconf.spec.loader import get_spec
-    if "float32" not in caps["dtypes"]:
+    if "float32" not in caps.dtypes:
         return None
     shape, fa = _layout(caps, n=8, c=4, spatial=4)
-    case = Case(seed=16, shape=shape, feature_axis=fa, dtype="float32", steps=1, affine="off" if caps.get(
-        "affine_off", True) else "random", momentum=0.1, eps=1e-5, kappa=1e4, grads=False)
+    case = Case(seed=16, shape=shape, feature_axis=fa, dtype="float32", steps=1, affine="off" if caps.affine_off else "random", momentum=0.1, eps=1e-5, kappa=1e4, grads=False)
     arrays, y, _ = _y_for(impl, case)
     if y is None:
         return None

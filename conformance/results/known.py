@@ -28,6 +28,7 @@ reported as such, never as a pass or a failure.
 """
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -41,7 +42,6 @@ BAD_WHERE = ("fail", "warn")
 
 def known_dir() -> Path:
     """BNCONF_KNOWN_DIR overrides the installed folder (an audit with none listed: `known --pin`)."""
-    import os
     if os.environ.get("BNCONF_KNOWN_DIR"):
         return Path(os.environ["BNCONF_KNOWN_DIR"])
     return Path(str(resources.files("bnconf.adapters").joinpath("known")))

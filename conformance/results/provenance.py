@@ -16,7 +16,10 @@ import os
 import platform as _platform
 import re
 import subprocess
+from importlib import metadata
 from pathlib import Path
+
+import bnconf
 
 # The CPU features that decide which kernel a framework dispatches to for float16, bfloat16
 # and float32 (x86: /proc/cpuinfo "flags"; ARM: "Features", where asimd is NEON).
@@ -55,11 +58,9 @@ def project_root(start: str | Path | None = None) -> Path | None:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-        return version("bnconf")
-    except Exception:  # run from a source tree that was never installed
-        from bnconf import __version__
-        return __version__
+        return metadata.version("bnconf")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return bnconf.__version__
 
 
 def _commit() -> tuple[str | None, bool | None]:

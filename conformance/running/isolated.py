@@ -32,6 +32,7 @@ from bnconf.adapters import _protocol
 from bnconf.adapters._protocol import Implementation, Unsupported
 from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S, CallTimeout
 from bnconf.running.isolated_child import _PID, _Gone, _kill_group, _Reader, _send
+from bnconf.running.targets import TargetError
 
 # Beyond the per-call limit: the child's own SIGALRM limit answers first with a CallTimeout of
 # its own; only code that never returns to the interpreter needs the kill.
@@ -54,10 +55,9 @@ _REMOTE_TYPES: dict = {}
 
 def _rebuild(name: str, message: str) -> Exception:
     """Unsupported arrives as the real class (the engine tells a missing capability from a
-    failure by it), a TargetError as audit_user's (exit 2); the rest as Exceptions, even a
+    failure by it), a TargetError as targets.py's (exit 2); the rest as Exceptions, even a
     KeyboardInterrupt of the user's code, so that it is that call's error and stops nothing."""
     if name == "TargetError":
-        from bnconf.running.targets import TargetError
         return TargetError(message)
     if name in ("Unsupported", "CallTimeout"):
         return (Unsupported if name == "Unsupported" else CallTimeout)(message)
@@ -117,7 +117,7 @@ class _Template:
         self.meta = self._load(load)
 
     def _load(self, load: dict) -> dict:
-        """Raises audit_user.TargetError, as loading in this process does."""
+        """Raises targets.TargetError, as loading in this process does."""
         try:
             reply = self._ask(("load", load), LOAD_LIMIT_S)
         except (TimeoutError, _Gone, OSError) as exc:
@@ -329,7 +329,7 @@ class IsolatedImplementation(Implementation):
 
 
 def isolated_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S) -> IsolatedImplementation:
-    """Raises audit_user.TargetError, as the in-process loader does, when the target cannot be loaded."""
+    """Raises targets.TargetError, as the in-process loader does, when the target cannot be loaded."""
     return IsolatedImplementation({"target": target, "profile": profile, "kind": kind, "timeout": timeout})
 
 
@@ -337,3 +337,10 @@ def shutdown() -> None:
     """Kill every process started here, at once (Ctrl-C: nothing may outlive the audit)."""
     for proc in list(_LIVE):
         proc.kill()
+
+
+def make_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S) -> IsolatedImplementation:
+    """The user's target in a process of its own: a segfault, os._exit, an OOM kill or a hang
+    in it is a violation of the clause being exercised, never the audit's end. Raises
+    TargetError, in this process, when the target cannot be loaded."""
+    return isolated_implementation(target, profile, kind, timeout)

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from bnconf.running.targets import load_implementation
+
 _HEADER, _PID = struct.Struct("<Q"), struct.Struct("<q")
 
 # ------------------------------------------------------------------ framing (both sides)
@@ -198,7 +200,6 @@ class _Server:
             return pickle.dumps(("err", type(exc).__name__, f"the result cannot be sent: {exc}"[:2000])), False
 
     def op_load(self, load: dict) -> tuple:
-        from bnconf.running.targets import load_implementation
         impl = self.impl = load_implementation(load["target"], load["profile"], load["kind"], load["timeout"])
         versions = _result(lambda: (impl.versions(),))
         return ({"name": impl.name, "profile": impl.profile, "capabilities": impl.capabilities,

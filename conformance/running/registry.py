@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 # Adapter modules. Each implementation names its family; a tox environment audits one
@@ -12,6 +13,7 @@ MODULES = (
     "bnconf.adapters.tf_bn",
     "bnconf.adapters.keras_bn",
     "bnconf.adapters.jax_bn",
+    "bnconf.adapters.equinox_bn",
     "bnconf.adapters.onnx_bn",
     "bnconf.adapters.snippets",
     "bnconf.adapters.sync_jax",
@@ -24,7 +26,6 @@ FAMILIES = ("torch", "tensorflow", "jax", "onnx", "snippets", "distributed", "ex
 def _extra_modules() -> tuple:
     """BNCONF_ADAPTERS: comma-separated module names or .py paths of third-party adapters
     (each with an `implementations()` of its own), audited like the built-in ones."""
-    import os
     return tuple(m.strip() for m in os.environ.get("BNCONF_ADAPTERS", "").split(",") if m.strip())
 
 

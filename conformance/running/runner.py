@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bnconf.results import records as rec_mod
+from bnconf.results.provenance import stamp
 
 
 def done_implementations(out: Path) -> set[str]:
@@ -20,7 +23,6 @@ def done_implementations(out: Path) -> set[str]:
 
 
 def _part_path(out: Path, name: str) -> Path:
-    import re
     return out.parent / f".{out.name}.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.part"
 
 
@@ -31,8 +33,8 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF
 def worker_env() -> dict:
     """One compute thread per worker unless the user set their own. BN cases are small tensors,
     and workers run side by side: with a thread pool per core in every worker, OpenMP's spin
-    waits oversubscribe the cores (measured: torch.nn.BatchNorm2d's worker took 88 s with the
-    default pool beside another worker, 6.6 s with one thread). Parallelism comes from workers."""
+    waits oversubscribe the cores and a worker runs many times slower than with one thread.
+    Parallelism comes from workers."""
     env = dict(os.environ)
     for var in THREAD_VARS:
         env.setdefault(var, "1")
@@ -103,7 +105,6 @@ def run_one(name: str, family: str, profile: str, out: Path, *, max_examples: in
     recs = rec_mod.read_jsonl([part])
     part.unlink(missing_ok=True)
     if status:
-        from bnconf.results.provenance import stamp
         rec = stamp(rec_mod.status_record(name, family, profile, {}, "cpu", "*", "*", status, message))
         rec["wall_s"] = round(wall, 3)
         recs.append(rec)
@@ -156,7 +157,6 @@ def run_many(impls: list, out: Path, *, max_examples=None, seed=0, timeout_s=600
              resume=False, spec=None, devices="all", echo=print, quota=None, jobs=None) -> list[dict]:
     """Raises RunInterrupted (a KeyboardInterrupt) on Ctrl-C, within a second: the pytest
     plugin and tox stop, and `bnconf run --resume` continues with what was not recorded."""
-    from concurrent.futures import ThreadPoolExecutor
     out = Path(out)
     if not resume and out.exists():
         out.unlink()

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from bnconf.adapters._protocol import Implementation, Unsupported, default_capabilities
-from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit
-from bnconf.adapters.numpy_protocol import implementation as _numpy_protocol_implementation
+from bnconf.adapters.numpy_protocol import (
+    CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit, implementation as _numpy_protocol_implementation)
 
 
 class TargetError(Exception):
@@ -137,14 +137,6 @@ def torch_module_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S) -> I
                                 default_init=True)
     return Implementation(name, profile, caps, lambda params, device: _TorchModuleInstance(cls, params, timeout),
                           lambda: {"torch": __import__("torch").__version__}, lambda: ["cpu"], "user")
-
-
-def make_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S):
-    """The user's target in a process of its own (isolated.py): a segfault, os._exit, an OOM
-    kill or a hang in it is a violation of the clause being exercised, never the audit's end.
-    Raises TargetError, in this process, when the target cannot be loaded."""
-    from bnconf.running.isolated import isolated_implementation
-    return isolated_implementation(target, profile, kind, timeout)
 
 
 def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S):

@@ -39,7 +39,7 @@ class Clause:
     pins: dict[str, Any] = field(default_factory=dict)
     planned: str | None = None
     withdrawn: bool = False
-    scope: str = "single"   # "data_parallel": the cross-replica clauses, audited by sync_engine
+    scope: str = "single"   # "data_parallel": the cross-replica clauses, audited by running/sync_audit.py
     needs: tuple[str, ...] = ()          # capabilities without which the clause is unsupported
     focus: dict[str, tuple] = field(default_factory=dict)   # case traits that exercise it
     depends_on: tuple[str, ...] = ()     # clauses whose deviation can make this one fail (blocked)

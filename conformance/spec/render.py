@@ -58,7 +58,7 @@ def render(spec: Spec) -> str:
 
 
 TOLERANCE_TEXT = """No global rtol. Every compared output gets an elementwise bound from an error model
-(conformance/tolerance.py), in the spirit of the WebGPU CTS acceptance intervals:
+(conformance/reference/error_model.py), in the spirit of the WebGPU CTS acceptance intervals:
 
 - `u_c`: the unit roundoff of the precision the spec requires for the computation: float32
   (2^-24) for float16, bfloat16 and float32 inputs (BN-DTYPE-ACCUM), float64 (2^-53) for

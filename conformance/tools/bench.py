@@ -9,14 +9,27 @@ fault catalog (bnconf.catalogs.faults), with 0 false findings required on correc
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from bnconf.checks import single as checks_mod
-from bnconf.running import audit as engine
+from bnconf.adapters._protocol import Implementation
+from bnconf.catalogs.faults import CATALOG, CORRECT_FORMS, FORMS, faulty
+from bnconf.catalogs.sync_faults import SYNC_FAULTS, implementation
+from bnconf.frontends.user_audit import audit
+from bnconf.results.records import atomic_write_text
+from bnconf.running.audit import audit_implementation
+from bnconf.running.registry import all_implementations, find
+from bnconf.running.runner import worker_env  # the audit's own thread settings
+from bnconf.running.sync_audit import audit_sync
+from bnconf.running.targets import numpy_implementation
+from bnconf.spec.loader import get_spec
 
 
 class _Timer:
@@ -34,7 +47,6 @@ class _Timer:
 
 
 def _timed_impl(impl, timer):
-    from bnconf.adapters._protocol import Implementation
 
     class Timed:
         def __init__(self, inst):
@@ -51,26 +63,16 @@ def split_times(impl, spec, quota=100, seed=0) -> dict:
     """One in-process audit at the default quota, its time split three ways, plus the floor:
     the framework's own call on a typical case (float32, (8, 16), one training step)."""
     fw, orc = _Timer(), _Timer()
-    original = checks_mod.run_checks
 
-    depth = [0]
-
-    def checks_only(ctx):  # the differential re-runs inside the checks are framework time, not oracle time
-        if depth[0]:  # a re-run's own checks: already inside the outer measurement
-            return original(ctx)
-        depth[0] += 1
+    @contextlib.contextmanager
+    def checks_time():   # the checks' re-runs of the implementation are framework time, not oracle time
         before_fw, t = fw.s, time.perf_counter()
         try:
-            return original(ctx)
+            yield
         finally:
-            depth[0] -= 1
             orc.s += time.perf_counter() - t - (fw.s - before_fw)
-    engine.checks_mod.run_checks = checks_only
-    try:
-        res = engine.audit_implementation(_timed_impl(impl, fw), "cpu", spec, spec.profile(impl.profile),
-                                          seed=seed, shrink_budget=0, quota=quota)
-    finally:
-        engine.checks_mod.run_checks = original
+    res = audit_implementation(_timed_impl(impl, fw), "cpu", spec, spec.profile(impl.profile),
+                               seed=seed, shrink_budget=0, quota=quota, timing=checks_time)
     harness = max(res.seconds - fw.s - orc.s, 0.0)
     per = res.cases or 1
     counts = (res.quota or {}).get("counts", {})
@@ -87,18 +89,18 @@ def _typical_call(impl, repeat=20) -> float:
     after a warm-up call: the floor no harness can go under."""
     import numpy as np
     caps = impl.capabilities
-    rank = 2 if 2 in caps["ranks"] else min(caps["ranks"])
+    rank = 2 if 2 in caps.ranks else min(caps.ranks)
     shape = [8] + [2] * (rank - 2) + [16]
-    fa = rank - 1 if "last" in caps["feature_axes"] else 1
+    fa = rank - 1 if "last" in caps.feature_axes else 1
     if fa == 1:
         shape = [8, 16] + [2] * (rank - 2)
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape).astype(np.float32)
     params = {"num_features": 16, "feature_axis": fa, "rank": rank, "dtype": "float32",
-              "momentum": 0.1 if caps.get("explicit_momentum", True) else "default", "eps": 1e-5,
+              "momentum": 0.1 if caps.explicit_momentum else "default", "eps": 1e-5,
               "affine": "random", "weight": np.ones(16, np.float32), "bias": np.zeros(16, np.float32),
               "track_running_stats": True, "memory_format": "contiguous"}
-    dy = x if caps.get("grads", True) else None
+    dy = x if caps.grads else None
     times = []
     for i in range(repeat + 1):
         inst = impl.build(params, "cpu")
@@ -114,9 +116,6 @@ def detection(quota=100, fault_seeds=range(10), correct_seeds=range(50), echo=pr
     per clause) at each seed: the clauses it is reported under (violations and warnings,
     blocked dependents apart) against exactly the catalog's, and how many cases the first
     violation needed; every correct kernel's findings at each seed (there must be none)."""
-    from bnconf.frontends.user_audit import audit
-    from bnconf.running.targets import numpy_implementation
-    from bnconf.catalogs.faults import CATALOG, CORRECT_FORMS, FORMS, faulty
     rows = []
     for form in FORMS:
         for name, (desc, wants) in CATALOG.items():
@@ -138,7 +137,7 @@ def detection(quota=100, fault_seeds=range(10), correct_seeds=range(50), echo=pr
                 for c in want - got:
                     row["missing"].setdefault(c, []).append(seed)
             row["seconds"] = round(time.perf_counter() - t, 3)
-            res = engine.audit_implementation(numpy_implementation(faulty(name, form), name, form), "cpu", _spec(),
+            res = audit_implementation(numpy_implementation(faulty(name, form), name, form), "cpu", _spec(),
                                               _spec().profile(form), seed=0, shrink_budget=0, quota=quota)
             row["first_violation_case"], row["cases"] = res.first_failure_case, res.cases
             echo(f"  {len(row['exact_at']):2d}/{row['seeds']} exact  {form:5s} {name:22s} {','.join(sorted(want)):28s}"
@@ -161,9 +160,7 @@ def detection(quota=100, fault_seeds=range(10), correct_seeds=range(50), echo=pr
 
 
 def sync_detection(quota=100) -> list[dict]:
-    """The same for the simulated cross-replica faults (sync_fault_catalog)."""
-    from bnconf.running.sync_audit import audit_sync
-    from bnconf.catalogs.sync_faults import SYNC_FAULTS, implementation
+    """The same for the simulated cross-replica faults (catalogs/sync_faults.py)."""
     rows = []
     for name, want in SYNC_FAULTS.items():
         impl = implementation(name)
@@ -183,7 +180,6 @@ def _seeds(text: str) -> list[int]:
 
 
 def _spec():
-    from bnconf.spec.loader import get_spec
     return get_spec()
 
 
@@ -191,8 +187,6 @@ def measure_tox(root: Path, args: list[str], interval=0.5) -> dict:
     """Run `tox` (warm environments: run it once before) and sample the resident memory of
     its whole process tree from /proc: wall time, the peak of the tree's summed RSS, and the
     largest single process."""
-    import os
-    import threading
     peak = {"tree_mb": 0.0, "process_mb": 0.0}
 
     def tree(pid):
@@ -241,14 +235,12 @@ def measure_tox(root: Path, args: list[str], interval=0.5) -> dict:
 def one(name: str) -> dict:
     """split_times for one implementation, in this process (the caller runs one process per
     implementation: a Keras backend is fixed per process, and frameworks stay apart)."""
-    from bnconf.running.registry import find
     impl = find(name)
     impl.versions()
     return split_times(impl, _spec())
 
 
 def main(args) -> int:
-    from bnconf.running.registry import all_implementations
     if args.one:
         print(json.dumps(one(args.one)))
         return 0
@@ -266,7 +258,6 @@ def main(args) -> int:
     impls = [] if args.no_impls else [i for i in all_implementations()
                                       if i.family not in ("snippets", "extra", "distributed")]
     for impl in impls:
-        from bnconf.running.runner import worker_env   # the audit's own thread settings
         res = subprocess.run([sys.executable, "-m", "bnconf.frontends.cli", "bench", "--one", impl.name], capture_output=True,
                              text=True, env=worker_env())
         try:
@@ -283,7 +274,6 @@ def main(args) -> int:
     if example.exists():
         # GNU time reports the audit's own peak: ru_maxrss of a child forked from this (large) process
         # would carry this process's high-water mark across exec.
-        import shutil
         cmd = [sys.executable, "-m", "bnconf.frontends.cli", "audit", f"{example}:batch_norm", "--profile", "torch"]
         gnu_time = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
         t = time.perf_counter()
@@ -293,9 +283,7 @@ def main(args) -> int:
         out["audit"]["correct_wall_s"] = round(wall, 2)
         out["audit"]["correct_peak_rss_mb"] = round(peak, 1)
         print(f"\nbnconf audit examples/my_bn.py:batch_norm --profile torch: {wall:.2f} s wall, peak RSS {peak:.0f} MB")
-    from bnconf.running.targets import numpy_implementation
-    from bnconf.catalogs.faults import faulty
-    res = engine.audit_implementation(numpy_implementation(faulty("eps_outside_sqrt"), "f", "torch"), "cpu", _spec(),
+    res = audit_implementation(numpy_implementation(faulty("eps_outside_sqrt"), "f", "torch"), "cpu", _spec(),
                                       _spec().profile("torch"), shrink_budget=0)
     out["audit"]["faulty_first_violation_s"] = round(res.first_failure_s or -1, 3)
     out["audit"]["faulty_first_violation_case"] = res.first_failure_case
@@ -307,7 +295,7 @@ def main(args) -> int:
     out["faults"] = rows
     srows = sync_detection()
     out["sync_faults"] = srows
-    print(f"\ncross-replica faults (sync_fault_catalog): {sum(r['caught'] for r in srows)}/{len(srows)} as expected")
+    print(f"\ncross-replica faults (catalogs/sync_faults.py): {sum(r['caught'] for r in srows)}/{len(srows)} as expected")
     for r in srows:
         print(f"  {'ok' if r['caught'] else 'WRONG':6s} {r['fault']:22s} expected {r['expected'] or 'no finding':20s} "
               f"got {','.join(r['clauses']) or '-':40s} first at case {r['first_violation_case'] or '-'}"
@@ -319,7 +307,6 @@ def main(args) -> int:
         out["tox_audit_seconds_from_report"] = round(tot, 1)
         print(f"\nimplementation time in the last report (reports/report.json): {tot:.0f} s over "
               f"{len(rep['implementations'])} implementations")
-    from bnconf.results.records import atomic_write_text
     atomic_write_text(args.json_out, json.dumps(out, indent=1) + "\n")
     print(f"\nwrote {args.json_out}")
     return 0

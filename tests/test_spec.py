@@ -68,7 +68,7 @@ def test_lint_passes_and_catches_both_directions(spec, tmp_path):
     stray = tmp_path / "x.py"
     stray.write_text("# see " + "BN-" + "DOES-NOT-EXIST\n")  # built so this file cites no such ID
     assert any("DOES-NOT-EXIST" in p for p in lint(spec, [stray]))
-    from bnconf.checks import single as checks
+    from bnconf.checks import registry as checks
     saved = dict(checks.EMITS)
     try:
         checks.EMITS["y_train"] = tuple(c for c in checks.EMITS["y_train"] if c != "BN-VAR-BIASED")
@@ -127,3 +127,16 @@ def test_the_emission_lint_catches_a_wrong_declaration(spec, emitted):
     lying["y_train"].add("BN-FOLD")
     assert any("check y_train emitted BN-FOLD on the fixture grid but does not declare it" in p
                for p in lint_emissions(spec, lying))
+
+
+def test_lint_catches_a_need_that_is_no_capability(spec, tmp_path):
+    """A misspelt `needs` would make its clause unsupported for every implementation, silently."""
+    import dataclasses
+
+    from bnconf.spec.lint import lint
+    clause = next(c for c in spec.clauses.values() if c.needs)
+    broken = dataclasses.replace(spec, clauses={**spec.clauses, clause.id: dataclasses.replace(
+        clause, needs=("running_stat",))})
+    problems = lint(broken, [tmp_path])
+    assert any(f"{clause.id}: needs 'running_stat'" in p for p in problems), problems
+    assert not any("needs" in p for p in lint(spec, [tmp_path]))

@@ -4,7 +4,9 @@ implementation's failure under the clause that made it, and SHOULD clauses warn.
 import numpy as np
 import pytest
 
-from bnconf.checks import single as checks
+from bnconf.checks import registry as checks
+from bnconf.checks.evaluation import eval_no_update
+from bnconf.checks.running_statistics import running_stats
 from bnconf.results import records as rec_mod
 from bnconf.running.targets import numpy_implementation
 from bnconf.cases.case import Case
@@ -25,7 +27,7 @@ def test_a_crashing_check_is_an_error_on_every_clause_it_judges(monkeypatch, pro
     not apply: a crash must still show, on the clauses that do."""
     def boom(ctx):
         raise ZeroDivisionError("planted bug in a check")
-    real = checks.running_stats
+    real = running_stats
     for name, fn in list(checks.CHECKS.items()):
         if fn is real:
             monkeypatch.setitem(checks.CHECKS, name, boom)
@@ -44,7 +46,7 @@ def test_an_errored_clause_records_error_with_its_traceback(monkeypatch):
     def boom(ctx):
         raise ZeroDivisionError("planted bug in a check")
     for name, fn in list(checks.CHECKS.items()):
-        if fn is checks.eval_no_update:
+        if fn is eval_no_update:
             monkeypatch.setitem(checks.CHECKS, name, boom)
     monkeypatch.setitem(checks.EMITS, "boom", ("BN-EVAL-NO-UPDATE",))
     spec = get_spec()

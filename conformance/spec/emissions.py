@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 
 from bnconf.running.targets import numpy_implementation
-from bnconf.checks.single import CHECKS, EMITS, NUMERIC
+from bnconf.checks.registry import CHECKS, EMITS, NUMERIC
 from bnconf.running.audit import audit_implementation
 from bnconf.catalogs.faults import CATALOG, CORRECT_FORMS, FORMS, faulty
 from bnconf.checks.sync import SYNC_CHECKS, SYNC_EMITS, SYNC_NUMERIC

@@ -1,11 +1,15 @@
 """Spec lint: every clause ID cited in code or tests is defined, every defined clause is
-tested (or explicitly planned), and every clause's `check` names a real check."""
+tested (or explicitly planned), every clause's `check` names a real check, and every
+capability a clause `needs` is one an implementation can declare."""
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
-from bnconf.checks.single import CHECKS, EMITS
+from bnconf.adapters._protocol import Capabilities, SyncCapabilities
+from bnconf.cases.capabilities import DERIVED_NEEDS
+from bnconf.checks.registry import CHECKS, EMITS
 from bnconf.checks.sync import SYNC_EMITS
 from bnconf.spec.loader import Spec
 
@@ -31,6 +35,7 @@ def lint(spec: Spec, roots) -> list[str]:
     cited = cited_ids(roots)
     emitted = {c for cs in list(EMITS.values()) + list(SYNC_EMITS.values()) for c in cs}
     known_checks = set(CHECKS) | set(SYNC_EMITS)
+    capabilities = {f.name for f in fields(Capabilities) + fields(SyncCapabilities)} | set(DERIVED_NEEDS)
     for cid, where in sorted(cited.items()):
         if cid not in spec.clauses:
             problems.append(f"{where[0]}: cites {cid}, which spec/batchnorm.yaml does not define")
@@ -38,6 +43,11 @@ def lint(spec: Spec, roots) -> list[str]:
         line = spec.lines.get(c.id)
         if c.check not in known_checks and not c.planned:
             problems.append(f"{spec.path}:{line}: {c.id}: check {c.check!r} is not a known check")
+        for need in c.needs:
+            for name in (need if isinstance(need, tuple) else (need,)):
+                if name not in capabilities:
+                    problems.append(f"{spec.path}:{line}: {c.id}: needs {name!r}, which is no capability "
+                                    "(adapters/_protocol.py) and none derived from them (cases/capabilities.py)")
         if not c.planned and not c.withdrawn and c.id not in emitted:
             problems.append(f"{spec.path}:{line}: {c.id} is defined but no check emits it (tested by nothing)")
         if c.planned and c.id in emitted:

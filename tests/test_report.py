@@ -179,7 +179,8 @@ def test_an_unstamped_gpu_record_does_not_change_the_summary(spec):
 
 def test_a_record_of_an_older_commit_appears_only_under_other_runs(spec):
     from bnconf.report.assemble import build
-    from bnconf.report.render import render_html, render_md
+    from bnconf.report.html import render_html
+    from bnconf.report.markdown import render_md
     stax = "jax.example_libraries.stax.BatchNorm"
     new = [rec("torch.nn.BatchNorm2d", "cpu", c, "pass") for c in ("BN-INIT", "BN-AXES")]
     old = rec(stax, "cpu", "BN-INIT", "fail", commit="a" * 40, note="not initialised to 1 and 0")
@@ -215,7 +216,9 @@ def test_the_newest_commit_of_the_raw_records_is_counted(spec, monkeypatch):
 @pytest.mark.parametrize("gpu_first", [False, True])
 def test_the_implementation_table_shows_each_devices_own_versions(spec, gpu_first):
     from bnconf.report.assemble import build
-    from bnconf.report.render import implementation_rows, render_html, render_md
+    from bnconf.report.html import render_html
+    from bnconf.report.markdown import render_md
+    from bnconf.report.sections import implementation_rows
     cpu = rec("torch.nn.BatchNorm2d", "cpu", "BN-INIT", "pass")
     gpu = rec("torch.nn.BatchNorm2d", "cuda", "BN-INIT", "pass", versions={"torch": "2.11.0+cu130"}, platform=H100)
     rep = build([gpu, cpu] if gpu_first else [cpu, gpu], spec)
@@ -229,7 +232,7 @@ def test_the_implementation_table_shows_each_devices_own_versions(spec, gpu_firs
 
 def test_two_cpu_platforms_of_one_commit_are_two_rows(spec):
     from bnconf.report.assemble import build
-    from bnconf.report.render import render_md
+    from bnconf.report.markdown import render_md
     amd = {"cpu": "AMD EPYC", "flags": ["avx512f"], "gpus": [], "machine": "x86_64", "os": "Linux"}
     recs = [rec("torch.nn.BatchNorm2d", "cpu", "BN-DTYPE-ACCUM", "pass", platform=H100),
             rec("torch.nn.BatchNorm2d", "cpu", "BN-DTYPE-ACCUM", "fail", platform=amd)]

@@ -7,6 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bnconf.frontends.user_audit import audit
+from bnconf.results.records import audit_report_records, read_jsonl
+from bnconf.running.registry import family_implementations, find
+from bnconf.running.runner import run_many
+from bnconf.running.sync_audit import ATTRIBUTED
+from bnconf.spec.loader import get_spec
+
 
 def pytest_addoption(parser):
     g = parser.getgroup("bnconf", "Batch Normalization conformance")
@@ -27,7 +34,6 @@ def pytest_addoption(parser):
 
 
 def _impl_names(config):
-    from bnconf.running.registry import family_implementations, find
     names = []
     for fam in config.getoption("bnconf_family"):
         names += [(i.name, i.profile, "data_parallel" if getattr(i, "sync", False) else "single")
@@ -40,14 +46,12 @@ def _impl_names(config):
 
 def plan(config) -> list[tuple[str, str]]:
     """(implementation, clause) pairs from the spec: what will be tested, before any case."""
-    from bnconf.spec.loader import get_spec
     spec = get_spec()
     out = []
     target = config.getoption("bnconf_target")
     if target:
         prof = spec.profile(config.getoption("bnconf_profile") or "torch")
         out += [(target, c.id) for c in spec.clauses_for(prof) if not c.planned]
-    from bnconf.running.sync_audit import ATTRIBUTED
     for name, profile, scope in _impl_names(config):
         out += [(name, c.id) for c in spec.clauses_for(spec.profile(profile), scope)]
         if scope == "data_parallel":   # single-device clauses a cross-replica finding may be attributed to
@@ -66,29 +70,13 @@ def _run(config) -> list[dict]:
     n = config.getoption("bnconf_max_examples")
     target = config.getoption("bnconf_target")
     if target:
-        from bnconf.frontends.user_audit import audit
         prof = config.getoption("bnconf_profile") or "torch"
         rep = audit(target, prof, kind=config.getoption("bnconf_kind"), max_examples=n,
                     quota=config.getoption("bnconf_cases_per_clause") or 100,
                     seed=config.getoption("bnconf_seed"), fingerprint=False)
-        seed = config.getoption("bnconf_seed")
-        for status, found in (("fail", rep.violations), ("warn", rep.warnings), ("error", rep.errors)):
-            for v in found:
-                records.append({"implementation": target, "clause": v["clause"], "status": status, "device": "cpu",
-                                "dtype": "*", "note": v["message"], "case": v["example"], "seed": seed,
-                                "traceback": v.get("traceback")})
-        for b in rep.blocked:
-            records.append({"implementation": target, "clause": b["clause"], "status": "blocked", "device": "cpu",
-                            "dtype": "*", "blocked_by": b["blocked_by"], "note": ""})
-        for p in rep.passed:
-            records.append({"implementation": target, "clause": p["clause"], "status": "pass"})
-        for x in rep.not_exercised:
-            records.append({"implementation": target, "clause": x["clause"], "status": "not_run", "note": x["reason"]})
+        records += audit_report_records(rep, config.getoption("bnconf_seed"))
     names = _impl_names(config)
     if names:
-        from bnconf.results.records import read_jsonl
-        from bnconf.running.registry import find
-        from bnconf.running.runner import run_many
         out = Path(config.getoption("bnconf_raw"))
         impls = [find(nm) for nm, *_ in names]
         run_many(impls, out, max_examples=n, seed=config.getoption("bnconf_seed"),

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S
 from bnconf.report import reproducers as repro
+from bnconf.results import records as rec_mod
 from bnconf.results.fingerprint import fingerprint as measure
-from bnconf.running.audit import audit_implementation, missing_capability, run_case
-from bnconf.running.targets import make_implementation
+from bnconf.cases.capabilities import missing_capability
+from bnconf.running.audit import audit_implementation, run_case
+from bnconf.running.isolated import make_implementation
 from bnconf.spec.loader import get_spec
 
 
@@ -52,9 +54,6 @@ def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path
     result = audit_implementation(impl, "cpu", spec, prof, max_examples=max_examples, seed=seed,
                                   shrink_budget=shrink_budget, progress=progress, quota=quota)
     rep = AuditReport(target, profile, "conforms", cases=result.cases)
-    by_clause: dict = {}
-    for (cid, dtype), t in result.tallies.items():
-        by_clause.setdefault(cid, []).append((dtype, t))
     for clause in spec.clauses_for(prof):
         if clause.planned:
             continue
@@ -62,42 +61,13 @@ def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path
         if lacking:
             rep.not_exercised.append({"clause": clause.id, "reason": f"the protocol has no {lacking!r}"})
             continue
-        tallies = by_clause.get(clause.id, [])
-        errored = [(d, t) for d, t in tallies if t.errors]
-        failing = [(d, t) for d, t in tallies if t.failed and (clause.id, d) not in result.blocked]
-        roots = sorted({r for d, t in tallies if t.failed for r in result.blocked.get((clause.id, d), ())})
-        if roots and not failing and not errored:
-            rep.blocked.append({"clause": clause.id, "title": clause.title, "blocked_by": roots,
-                                "failed_cases": sum(t.failed for _, t in tallies)})
-            continue
-        if errored:
-            dtype, t = errored[0]
-            rep.errors.append({"clause": clause.id, "title": clause.title, "message": t.error.note,
-                               "traceback": t.error.error, "example": t.error_case.to_json(),
-                               "errored_cases": sum(tt.errors for _, tt in errored)})
-        elif failing:
-            dtype, t = min(failing, key=lambda dt: dt[1].failing_case.n_per_channel * dt[1].failing_case.num_features)
-            case, outcome = result.shrunk.get((clause.id, dtype)) or (t.failing_case, t.failing)
-            if outcome is None:
-                case, outcome = t.failing_case, t.failing
-            msg = outcome.note or ""
-            if outcome.comparison is not None:
-                msg = (msg + "; " if msg else "") + outcome.comparison.describe()
-            v = {"clause": clause.id, "title": clause.title, "level": clause.level, "message": msg,
-                 "example": case.to_json(), "seed": seed,
-                 "failed_cases": sum(tt.failed for _, tt in failing), "cases": sum(tt.cases for _, tt in tallies)}
-            if repro_dir:
-                try:
-                    v["reproducer"] = repro.write(Path(repro_dir), impl, "cpu", clause, case, outcome, run_case)
-                except Exception as exc:
-                    v["reproducer"] = f"(not written: {exc})"
-            (rep.violations if clause.level == "MUST" else rep.warnings).append(v)
-        elif tallies:
-            rep.passed.append({"clause": clause.id, "cases": sum(t.cases for _, t in tallies)})
-        else:
-            rep.not_exercised.append({"clause": clause.id, "reason": f"no case of {result.cases} exercised it"})
+        write = None if not repro_dir else (lambda case, outcome, clause=clause: repro.write(
+            Path(repro_dir), impl, "cpu", clause, case, outcome, run_case))
+        status, entry = rec_mod.audit_entry(clause, result, seed, write)
+        getattr(rep, rec_mod.AUDIT_LISTS[status]).append(entry)
+    blocks = rec_mod.blocks_by_root(rep.blocked)
     for v in rep.violations + rep.warnings:
-        v["blocks"] = [b["clause"] for b in rep.blocked if v["clause"] in b["blocked_by"]]
+        v["blocks"] = blocks.get((v["clause"],), [])
     rep.verdict = "violates" if rep.violations else "error" if rep.errors else "conforms"
     if fingerprint:
         try:

@@ -1,8 +1,7 @@
 """The discrepancy report: reports/report.json (primary, schema in reports/schema.json),
 report.md and a self-contained report.html (inline CSS and SVG; no network, no script).
 
-"not run" and "unsupported" are never drawn like "fail" (the ONNX scoreboard complaint).
-Only records of one bnconf commit are counted (report_runs); the rest get their own section.
+Only records of one bnconf commit are counted (other_runs.split); the rest get their own section.
 """
 from __future__ import annotations
 
@@ -10,29 +9,17 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from bnconf.report import paths as report_paths
-
+from bnconf.adapters.snippets.registry import DOCUMENTS
+from bnconf.report import findings
 from bnconf.report import other_runs as report_runs
+from bnconf.report import paths as report_paths
+from bnconf.report.html import render_html
+from bnconf.report.markdown import render_md
+from bnconf.report.statuses import FP_KEYS, REPRO_NOTE, SPEC_LINK, worst
 from bnconf.results.provenance import platform_label
-from bnconf.results.records import atomic_write_text, read_jsonl
+from bnconf.results.records import atomic_write_text, blocks_by_root, read_jsonl
 from bnconf.spec.loader import get_spec
 from bnconf.spec.render import anchor
-
-# Worst first: the cell of an implementation x clause shows its worst per-dtype status.
-ORDER = ["fail", "error", "unexpected_pass", "warn", "known", "blocked", "pass", "unsupported", "not_run"]
-SYMBOL = {"pass": "pass", "fail": "FAIL", "known": "known", "unexpected_pass": "XPASS", "unsupported": "n/s",
-          "error": "ERROR", "not_run": "not run", "warn": "WARN", "blocked": "blocked"}
-COLOR = {"pass": "#cfeccf", "fail": "#f4b6b6", "known": "#fde3a7", "unexpected_pass": "#f7c4f0",
-         "unsupported": "#e6e6e6", "error": "#e0b0ff", "not_run": "#f5f5f5", "warn": "#fff1b8", "blocked": "#e3e7f5"}
-SPEC_LINK = "../spec/SPEC.md#{}"
-FP_KEYS = ("momentum_form", "default_momentum", "default_eps", "eps_placement", "normalize_variance",
-           "running_variance", "reduction", "one_value_per_channel", "variance_algorithm")
-REPRO_NOTE = ("Reproducers are written by the run under repro/ next to this report (reports/repro/) and are "
-              "not committed; run a `reproduce` command from this report's folder after `tox` has written it.")
-
-
-def _worst(statuses):
-    return min(statuses, key=lambda s: ORDER.index(s) if s in ORDER else 0)
 
 
 def declared_conventions(spec, profile_name):
@@ -88,7 +75,7 @@ def _matrix(results, spec) -> list[dict]:
         for c in spec.clauses:
             cell = [r for r in recs if r["clause"] == c] or whole
             if cell:
-                row["cells"][c] = {"status": _worst([r["status"] for r in cell]),
+                row["cells"][c] = {"status": worst([r["status"] for r in cell]),
                                    "cases": sum(int(r.get("cases") or 0) for r in cell),
                                    "dtypes": {r.get("dtype"): r["status"] for r in cell}}
         if row["cells"]:
@@ -97,33 +84,19 @@ def _matrix(results, spec) -> list[dict]:
 
 
 def _finding(r, spec) -> dict:
-    cmp = r.get("comparison") or {}
-    f = {k: r.get(k) for k in ("implementation", "device", "dtype", "clause", "status", "note", "seed", "case",
-                               "reproducer", "measured", "allowed", "ratio", "cases", "failed")}
-    f["platform"] = r["_platform"]
-    f["title"] = spec.clauses[r["clause"]].title if r["clause"] in spec.clauses else ""
-    f["link"] = SPEC_LINK.format(anchor(r["clause"])) if r["clause"] in spec.clauses else None
-    f["expected"], f["actual"], f["index"], f["quantity"] = (cmp.get("expected"), cmp.get("actual"),
-                                                             cmp.get("index"), cmp.get("key"))
-    f["known"] = r.get("known")
-    f["blocks"] = r.get("_blocks", [])
-    if r.get("traceback"):
-        f["traceback"] = r["traceback"]
-    if r.get("reproducer") and not str(r["reproducer"]).startswith("("):
-        f["reproduce"] = f"python {r['reproducer']}/repro.py"
-        f["reproducer_present"] = r.get("_repro_present")
-    return f
+    return dict(findings.from_record(r, spec), platform=r["_platform"])
+
+
+def _run(r) -> tuple:
+    return r["implementation"], r.get("device"), r.get("dtype")
 
 
 def _mark_blocks(results) -> None:
     """Each root finding lists the clauses it blocks (same implementation, device and dtype)."""
-    for r in results:
-        if r["status"] == "blocked":
-            for root in r.get("blocked_by", ()):
-                for f in results:
-                    if (f["implementation"], f.get("device"), f.get("dtype"), f["clause"]) == \
-                            (r["implementation"], r.get("device"), r.get("dtype"), root):
-                        f.setdefault("_blocks", []).append(r["clause"])
+    blocks = blocks_by_root([r for r in results if r["status"] == "blocked"], _run)
+    for f in results:
+        if (*_run(f), f["clause"]) in blocks:
+            f["_blocks"] = list(blocks[(*_run(f), f["clause"])])
 
 
 def build(records: list[dict], spec, commit=None, archived=(), out_dir=None) -> dict:
@@ -193,7 +166,6 @@ def build(records: list[dict], spec, commit=None, archived=(), out_dir=None) -> 
 
 def documents(results, facts, spec) -> list[dict]:
     """Per source document: what each of its specimens gets wrong and right, and its facts."""
-    from bnconf.adapters.snippets.registry import DOCUMENTS
     out = []
     for doc, title in DOCUMENTS.items():
         specimens = {}
@@ -204,7 +176,7 @@ def documents(results, facts, spec) -> list[dict]:
             s = specimens.setdefault(name, {"implementation": name, "profile": r.get("profile"), "clauses": {}})
             if r["clause"] != "*":
                 prev = s["clauses"].get(r["clause"])
-                s["clauses"][r["clause"]] = r["status"] if prev is None else _worst([prev, r["status"]])
+                s["clauses"][r["clause"]] = r["status"] if prev is None else worst([prev, r["status"]])
             if r["status"] in ("fail", "known", "error") and r["clause"] != "*":
                 s.setdefault("findings", {}).setdefault(r["clause"], r.get("note") or "")
         for s in specimens.values():
@@ -269,7 +241,6 @@ def build_report(raw_paths, out_dir: Path, commit=None, archived_paths=()) -> li
     rep = build(_read(raw_paths, out_dir), spec, commit, _read(archived_paths, out_dir), out_dir)
     paths = [out_dir / "report.json", out_dir / "report.md", out_dir / "report.html"]
     atomic_write_text(paths[0], json.dumps(rep, indent=1, sort_keys=True, default=str) + "\n")
-    from bnconf.report.render import render_html, render_md
     atomic_write_text(paths[1], render_md(rep))
     atomic_write_text(paths[2], render_html(rep))
     return paths

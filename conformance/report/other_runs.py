@@ -7,12 +7,13 @@ such records visible but out of today's counts, matrix and findings.
 """
 from __future__ import annotations
 
-import html
 import subprocess
 
-from bnconf.results.provenance import platform_label, project_root
+from bnconf.report.statuses import symbol
+from bnconf.results.provenance import platform_label, project_root, provenance
 
 BAD = ("fail", "unexpected_pass", "error")
+TITLE = "Other runs (not counted in this report)"
 INTRO = ("Records of other bnconf code, or without a stamp saying which code and machine measured "
          "them. They are kept apart from this run: not in its summary, matrix or findings. "
          "Their reproducers stayed on the machine that measured them.")
@@ -39,7 +40,6 @@ def _newest(commits: list[str], raw: list[dict]) -> tuple[str, str]:
     dated = [c for c in commits if times[c] is not None]
     if dated:
         return max(dated, key=lambda c: (times[c], c)), f"the newest of {len(commits)} commits in the raw records"
-    from bnconf.results.provenance import provenance
     tree = provenance()["commit"]
     if tree in commits:
         return tree, f"the checked-out commit ({len(commits)} commits in the raw records, not in this clone's history)"
@@ -159,59 +159,16 @@ def _sources(g: dict) -> str:
     return ", ".join(f"{f} ({n} file{'s' if n > 1 else ''})" for f, n in sorted(folders.items()))
 
 
-def _records(g: dict) -> str:
-    return f"{g['records']} record{'' if g['records'] == 1 else 's'}"
+def versions_text(versions: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in versions.items())
 
 
-def _finding_text(f: dict) -> str:
-    ratio = f" (ratio {f['ratio']:.3g})" if isinstance(f.get("ratio"), (int, float)) else ""
-    note = (f.get("note") or "")[:200]
-    return f"{_symbol(f['status'])} {f['implementation']} {f['dtype']} {f['clause']}{ratio}" + (f": {note}" if note else "")
+def count_text(counts: dict) -> str:
+    return ", ".join(f"{symbol(k)} {v}" for k, v in counts.items())
 
 
-def _symbol(status) -> str:
-    from bnconf.report.assemble import SYMBOL
-    return SYMBOL.get(status, str(status))
-
-
-def _count_text(counts: dict) -> str:
-    return ", ".join(f"{_symbol(k)} {v}" for k, v in counts.items())
-
-
-def render_md(groups: list[dict]) -> list[str]:
-    if not groups:
-        return []
-    L = ["## Other runs (not counted in this report)", "", INTRO, ""]
-    for g in groups:
-        L += [f"### {heading(g)}", "",
-              f"{_records(g)} from {_sources(g) or 'the given files'}: {_count_text(g['summary'])}. "
-              f"Versions: {', '.join(f'{k} {v}' for k, v in g['versions'].items()) or 'not recorded'}.", "",
-              "| implementation | versions | statuses |", "|---|---|---|"]
-        for i in g["implementations"]:
-            L.append(f"| `{i['implementation']}` | {', '.join(f'{k} {v}' for k, v in i['versions'].items())} | "
-                     f"{_count_text(i['summary'])} |")
-        L.append("")
-        L += [f"- {_finding_text(f)}" for f in g["findings"]]
-        if g["findings"]:
-            L.append("")
-    return L
-
-
-def render_html(groups: list[dict]) -> list[str]:
-    if not groups:
-        return []
-    e = html.escape
-    H = ["<h2 id='other-runs'>Other runs (not counted in this report)</h2>", f"<p>{e(INTRO)}</p>"]
-    for g in groups:
-        H.append(f"<h3>{e(heading(g))}</h3><p>{_records(g)} from {e(_sources(g) or 'the given files')}: "
-                 f"{e(_count_text(g['summary']))}. Versions: "
-                 f"{e(', '.join(f'{k} {v}' for k, v in g['versions'].items()) or 'not recorded')}.</p>")
-        H.append("<table><tr><th>implementation</th><th>versions</th><th>statuses</th></tr>")
-        for i in g["implementations"]:
-            H.append(f"<tr><td class='l'>{e(str(i['implementation']))}</td><td class='l'>"
-                     f"{e(', '.join(f'{k} {v}' for k, v in i['versions'].items()))}</td>"
-                     f"<td class='l'>{e(_count_text(i['summary']))}</td></tr>")
-        H.append("</table>")
-        if g["findings"]:
-            H.append("<ul>" + "".join(f"<li>{e(_finding_text(f))}</li>" for f in g["findings"]) + "</ul>")
-    return H
+def group_summary(g: dict) -> str:
+    """How many records, from which files, their statuses and versions: a group's first line."""
+    records = f"{g['records']} record{'' if g['records'] == 1 else 's'}"
+    return (f"{records} from {_sources(g) or 'the given files'}: {count_text(g['summary'])}. "
+            f"Versions: {versions_text(g['versions']) or 'not recorded'}.")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bnconf.results.provenance import project_root
+
 # An absolute POSIX path inside free text (a note, a traceback); not a URL, not "a/b", not "../x".
 _ABS = re.compile(r"(?<![\w.~/\\:-])/(?:[^\s/'\"`(),:;<>|]+/)+[^\s/'\"`(),:;<>|]*")
 # installed subpackage -> its folder in the repository (pyproject's package-dir); the rest of
@@ -23,7 +25,6 @@ REPRO_FOLDER = "repro"
 def checkout_roots() -> list[str]:
     """bnconf checkouts on this machine: the clone the report is built in, and the source tree
     of an editable install."""
-    from bnconf.results.provenance import project_root
     roots = {project_root()}
     here = Path(__file__).resolve().parent.parent
     if (here / "pyproject.toml").exists() and (here / "conformance").is_dir():

@@ -1,11 +1,16 @@
-"""Standalone reproducers: a folder with `case.npz` and `repro.py` that needs only NumPy and
-the framework, not bnconf. The script embeds the adapter's own source (adapters import
-nothing from bnconf for this reason) and the trace driver, rebuilds the call from the
-saved parameters, reruns it, and prints the measured error against the saved expected
-values and bounds, so the failure shows the same way it did in the audit.
+"""Reproducers: a folder with `case.npz` and `repro.py` per finding, written by the run.
+
+A single-device reproducer needs only NumPy and the framework, not bnconf. The script embeds
+the adapter's own source (adapters import nothing from bnconf for this reason) and the trace
+driver, rebuilds the call from the saved parameters, reruns it, and prints the measured error
+against the saved expected values and bounds, so the failure shows the same way it did in
+the audit. A cross-replica reproducer reruns its case through bnconf's multi-replica harness
+(running/sync_audit.reproduce). Both first print the finding as every other place words it
+(findings.py).
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import re
@@ -13,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bnconf.cases.sync_case import SyncCase, materialize
+from bnconf.report import findings
 from bnconf.running import trace as trace_mod
 
 _RELATIVE_IMPORT = re.compile(r"^from \.\S* import .*$", re.M)
@@ -31,8 +38,7 @@ if __name__ == "__main__":
              for e in meta["extra"]]
     post = [(name, data["p/" + name]) for name in meta["post"]]
     out = run_trace(impl, params, arrays, meta["steps"], meta["device"], grads=meta["grads"], extra=extra, post=post)
-    print(f"{meta['implementation']} on {meta['device']}: clause {meta['clause']} ({meta['title']})")
-    print("case:", json.dumps(meta["case"]))
+    print(meta["said"])
     if "error" in out:
         print("the call raised:", out["error"]["type"], "-", out["error"]["message"])
     key = meta["key"]
@@ -62,7 +68,6 @@ if __name__ == "__main__":
             if exp.size:
                 print(f"{key}: max error {err[i]:.3g} at {tuple(int(j) for j in i)} "
                       f"(allowed {tol[i]:.3g}); actual {act[i]!r}, expected {exp[i]!r}")
-    print("audit said:", meta["finding"])
     print("FAIL" if failed or meta["key"] == "" else "PASS (the failure did not reproduce)")
     sys.exit(1 if failed or meta["key"] == "" else 0)
 '''
@@ -88,28 +93,55 @@ def implementations():
 
 
 def script_for(impl) -> str:
-    import importlib
     if impl.family == "user" and impl.build.__module__.endswith("numpy_protocol"):
         adapter = importlib.import_module("bnconf.adapters.numpy_protocol")
         protocol = importlib.import_module("bnconf.adapters._protocol")
         return "\n".join(["# Reproducer written by bnconf. Needs numpy and your file; not bnconf.", "import json",
                           _strip(inspect.getsource(protocol)), _strip(inspect.getsource(adapter)),
                           USER_LOADER, _strip(inspect.getsource(trace_mod)), DRIVER])
-    adapter = importlib.import_module(impl.build.__module__)
     protocol = importlib.import_module("bnconf.adapters._protocol")
     parts = ["# Reproducer written by bnconf. Needs numpy and the framework; not bnconf.",
-             "# --- adapters/_protocol.py", _strip(inspect.getsource(protocol)),
-             f"# --- {adapter.__name__}", _strip(inspect.getsource(adapter)),
-             "# --- conformance/trace.py", _strip(inspect.getsource(trace_mod)), DRIVER]
+             "# --- adapters/_protocol.py", _strip(inspect.getsource(protocol))]
+    for module in _with_siblings(impl.build.__module__):
+        parts += [f"# --- {module.__name__}", _strip(inspect.getsource(module))]
+    parts += ["# --- conformance/running/trace.py", _strip(inspect.getsource(trace_mod)), DRIVER]
     return "\n".join(parts)
+
+
+_SIBLING = re.compile(r"^from (\.+)(\w*) import", re.M)
+
+
+def _with_siblings(name: str, seen=None) -> list:
+    """The adapter module and the sibling modules it imports relatively (its shared helpers),
+    those first: the script holds their code, as it holds _protocol.py's."""
+    seen = set() if seen is None else seen
+    seen.add(name)
+    module = importlib.import_module(name)
+    out = []
+    for dots, rel in _SIBLING.findall(inspect.getsource(module)):
+        base = name.rsplit(".", len(dots))[0]
+        dep = f"{base}.{rel}" if rel else base
+        if dep.endswith("._protocol") or dep in seen:
+            continue
+        out += _with_siblings(dep, seen)
+    return out + [module]
+
+
+def _folder(root, impl, device: str, dtype: str, clause_id: str) -> Path:
+    def safe(t):
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", t)
+    folder = Path(root) / safe(impl.name) / safe(f"{device}-{dtype}-{clause_id}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _said(impl, device, clause, case, outcome) -> str:
+    return findings.text(findings.from_outcome(impl.name, device, case.dtype, clause, case, outcome))
 
 
 def write(root: Path, impl, device: str, clause, case, outcome, run_case_fn) -> str:
     """Save the reproducer of one failing (case, outcome); returns the folder path."""
-    def safe(t):
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", t)
-    folder = Path(root) / safe(impl.name) / safe(f"{device}-{case.dtype}-{clause.id}")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _folder(root, impl, device, case.dtype, clause.id)
     arrays, params, _, extra, post = run_case_fn(impl, case, device)
     meta_params = {k: v for k, v in params.items() if k not in ("weight", "bias")}
     cmp = outcome.comparison
@@ -120,7 +152,7 @@ def write(root: Path, impl, device: str, clause, case, outcome, run_case_fn) -> 
                   for n, m, _, o in extra],
         "post": [n for n, _ in post],
         "key": cmp.key if cmp is not None and cmp.expected_array is not None else "",
-        "finding": (cmp.describe() if cmp is not None else "") + (f" [{outcome.note}]" if outcome.note else ""),
+        "said": _said(impl, device, clause, case, outcome),
     }
     if impl.family == "user":
         path, _, name = impl.name.rpartition(":")
@@ -136,3 +168,39 @@ def write(root: Path, impl, device: str, clause, case, outcome, run_case_fn) -> 
     np.savez_compressed(folder / "case.npz", **blobs)
     (folder / "repro.py").write_text(script_for(impl), encoding="utf-8")
     return str(folder)
+
+
+SYNC_SCRIPT = '''"""Reproduce a bnconf cross-replica finding: {impl} on {device}, clause {clause}.
+
+Re-runs the saved case (per-replica inputs in case.npz) through the same adapter and
+re-checks it. Needs bnconf installed (the multi-replica harness lives there), and the
+framework. Saved: the case, every replica's inputs, the outputs seen in the audit.
+"""
+import os, sys
+from bnconf.running.sync_audit import reproduce
+
+sys.exit(reproduce(os.path.dirname(os.path.abspath(__file__))))
+'''
+
+
+def write_sync(root: Path, impl, device: str, clause, case: SyncCase, outcome) -> str:
+    """Save the reproducer of one failing cross-replica case; returns the folder path."""
+    folder = _folder(root, impl, device, case.dtype, clause.id)
+    arrays = materialize(case)
+    save = {}
+    for r in range(case.replicas):
+        save[f"x/{r}"] = arrays["x"][r]
+        save[f"dy/{r}"] = arrays["dy"][r]
+        save[f"mask/{r}"] = arrays["mask"][r]
+    for k in ("weight", "bias"):
+        if arrays.get(k) is not None:
+            save[k] = arrays[k]
+    cmp = outcome.comparison.to_json() if outcome is not None and outcome.comparison is not None else None
+    meta = {"implementation": impl.name, "device": device, "clause": clause.id, "case": case.to_json(),
+            "note": outcome.note if outcome is not None else "", "comparison": cmp,
+            "said": _said(impl, device, clause, case, outcome)}
+    np.savez_compressed(folder / "case.npz", meta=np.array(json.dumps(meta)), **save)
+    (folder / "repro.py").write_text(SYNC_SCRIPT.format(impl=impl.name, device=device, clause=clause.id),
+                                     encoding="utf-8")
+    return str(folder)
+

@@ -3,7 +3,7 @@ spec -> SyncCase -> (oracle on the global batch, the wrapper's step) -> comparis
 
 The single-device engine's tallies, records and known-deviation handling are reused; what
 differs is the case (per-replica arrays), the call (one step on R replicas at once) and
-the checks (sync_checks.py). The adapter bounds each step in time itself (a hung
+the checks (checks/sync.py). The adapter bounds each step in time itself (a hung
 collective comes back as an error, its processes killed); the runner bounds the whole.
 """
 from __future__ import annotations
@@ -15,10 +15,20 @@ from pathlib import Path
 import numpy as np
 
 from bnconf.running.audit import DEFAULT_QUOTA, AuditResult, aimed_strategies, cap_for, explore, greedy_shrink
+from bnconf.cases.capabilities import missing_capability
+from bnconf.cases.focus import meets, merge_focus
+from bnconf.cases.pinned import sync_pinned_for
+from bnconf.cases.quota import QuotaScheduler
 from bnconf.cases.sync_case import SyncCase, materialize
-from bnconf.checks.sync import SyncCtx, run_sync_checks
+from bnconf.cases.sync_strategies import sync_cases, sync_layout_pool
+from bnconf.checks.context import SyncCtx
+from bnconf.checks.blocking import find_blocked
+from bnconf.checks.sync import run_sync_checks
+from bnconf.results.records import message
+from bnconf.running.registry import find
+from bnconf.spec.loader import get_spec
 
-# Single-device clauses a cross-replica deviation can be attributed to (sync_checks.py).
+# Single-device clauses a cross-replica deviation can be attributed to (checks/sync.py).
 ATTRIBUTED = ("BN-VAR-STABLE", "BN-DTYPE-F64")
 
 
@@ -97,12 +107,8 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
     """Explore SyncCases (the single-device engine's explorer, another strategy), at least
     `quota` per cross-replica clause the wrapper can be checked on; tally every outcome per
     (clause, dtype). Raises SyncUnsupported when the engine refuses outright."""
-    from bnconf.cases.quota import QuotaScheduler
-    from bnconf.running.audit import missing_capability
-    from bnconf.cases.strategies import meets, merge_focus, sync_cases, sync_layout_pool, sync_pinned_for
-
     caps = impl.capabilities
-    pool = sync_layout_pool(caps, seed, caps["layout_pool"]) if caps.get("layout_pool") else None
+    pool = sync_layout_pool(caps, seed, caps.layout_pool) if caps.layout_pool else None
     max_examples = cap_for(quota, max_examples)
     scheduler = None
     if quota:
@@ -126,7 +132,6 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
         aimed=aimed_strategies(lambda focus: sync_cases(caps, focus=focus, pool=pool)))
     if refused:
         raise SyncUnsupported(refused[0])
-    from bnconf.checks.blocking import find_blocked
     blocked = find_blocked(tallies, spec, profile, lambda case, variant, compute=None: evaluate(impl, case, device, spec, variant)[0])
     shrunk = {}
     for key, t in tallies.items():
@@ -136,61 +141,21 @@ def audit_sync(impl, device, spec, profile, *, max_examples=None, seed=0, shrink
                        scheduler.summary() if scheduler else None, sequence, blocked)
 
 
-# ---------------------------------------------------------------- reproducers
-REPRO = '''"""Reproduce a bnconf cross-replica finding: {impl} on {device}, clause {clause}.
-
-Re-runs the saved case (per-replica inputs in case.npz) through the same adapter and
-re-checks it. Needs bnconf installed (the multi-replica harness lives there), and the
-framework. Saved: the case, every replica's inputs, the outputs seen in the audit.
-"""
-import json, os, sys
-from bnconf.running.sync_audit import reproduce
-
-sys.exit(reproduce(os.path.dirname(os.path.abspath(__file__))))
-'''
-
-
-def write_reproducer(out_dir, impl, device, clause, case: SyncCase, outcome) -> str:
-    import re
-    def safe(t):
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", t)
-    d = Path(out_dir) / safe(impl.name) / safe(f"{device}-{case.dtype}-{clause}")
-    d.mkdir(parents=True, exist_ok=True)
-    arrays = materialize(case)
-    save = {}
-    for r in range(case.replicas):
-        save[f"x/{r}"] = arrays["x"][r]
-        save[f"dy/{r}"] = arrays["dy"][r]
-        save[f"mask/{r}"] = arrays["mask"][r]
-    for k in ("weight", "bias"):
-        if arrays.get(k) is not None:
-            save[k] = arrays[k]
-    cmp = outcome.comparison.to_json() if outcome is not None and outcome.comparison is not None else None
-    meta = {"implementation": impl.name, "device": device, "clause": clause, "case": case.to_json(),
-            "note": outcome.note if outcome is not None else "", "comparison": cmp}
-    np.savez_compressed(d / "case.npz", meta=np.array(json.dumps(meta)), **save)
-    (d / "repro.py").write_text(REPRO.format(impl=impl.name, device=device, clause=clause))
-    return str(d)
-
-
 def reproduce(folder) -> int:
-    """Re-run a saved cross-replica case; print the outcome of its clause; 1 if it still fails."""
-    from bnconf.running.registry import find
-    from bnconf.spec.loader import get_spec
+    """Re-run a cross-replica case saved by reproducers.write_sync (its repro.py calls this);
+    print the finding, then the outcome of its clause now; 1 if it still fails."""
     data = np.load(Path(folder) / "case.npz", allow_pickle=False)
     meta = json.loads(str(data["meta"]))
     case = SyncCase.from_json(meta["case"])
     impl = find(meta["implementation"])
     spec = get_spec()
     outs, _, result = evaluate(impl, case, meta["device"], spec, spec.profile(impl.profile))
-    print(f"{impl.name} on {meta['device']}: clause {meta['clause']}")
-    print("case:", json.dumps(meta["case"]))
+    print(meta["said"])
     if result.get("error"):
         print("the call raised:", result["error"])
     bad = False
     for o in outs:
         if o.clause == meta["clause"]:
-            print(("PASS " if o.ok else "FAIL ") + (o.comparison.describe() if o.comparison else o.note)
-                  + (f" [{o.note}]" if o.note and o.comparison else ""))
+            print(("PASS " if o.ok else "FAIL ") + message(o))
             bad = bad or not o.ok
     return 1 if bad else 0

@@ -10,42 +10,25 @@ import sys
 import time
 from pathlib import Path
 
+import hypothesis
+
+from bnconf.cases.capabilities import missing_capability
+from bnconf.cases.case import Case
+from bnconf.cases.strategies import fits
+from bnconf.cases.sync_case import SyncCase
+from bnconf.report import reproducers as repro
 from bnconf.results import known as known_mod
 from bnconf.results import records as rec_mod
-from bnconf.report import reproducers as repro
-from bnconf.running.audit import DEFAULT_QUOTA, audit_implementation, missing_capability, run_case
+from bnconf.results.fingerprint import fingerprint
+from bnconf.results.provenance import platform, stamp
+from bnconf.running import sync_audit as sync_engine
+from bnconf.running.audit import DEFAULT_QUOTA, audit_implementation, evaluate, run_case
+from bnconf.running.registry import find
 from bnconf.spec.loader import get_spec
 
 
 def gpu_kinds(devices: list[str]) -> list[str]:
     return [d for d in devices if d != "cpu"]
-
-
-def _tally_records(impl, device, versions, seed, result, clause, dtypes, write_repro) -> list[dict]:
-    """One record per dtype of one clause: its tally (with a reproducer when it failed), or
-    not_run when no case exercised it."""
-    out, cid = [], clause.id
-    only = clause.focus.get("dtype")   # BN-DTYPE-F64 is about float64 only: no record for the others
-    for dtype in dtypes:
-        t = result.tallies.get((cid, dtype))
-        if t is None and only and dtype not in only:
-            continue
-        if t is None:
-            out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, dtype, cid,
-                                             "not_run", "no generated case exercised this clause "
-                                             f"in {dtype} ({result.cases} cases)"))
-            continue
-        path = None
-        shr = result.shrunk.get((cid, dtype))
-        if t.failed and not t.errors and (cid, dtype) not in result.blocked:
-            case, outcome = shr if shr and shr[1] is not None else (t.failing_case, t.failing)
-            try:
-                path = write_repro(case, outcome)
-            except Exception as exc:  # the finding stands even if its reproducer could not be saved
-                path = f"(reproducer not written: {type(exc).__name__}: {exc})"
-        out.append(rec_mod.tally_record(impl, device, versions, dtype, cid, t, shr, seed, path, clause.level,
-                                        result.blocked.get((cid, dtype), ())))
-    return out
 
 
 def _stamp(out, result, **extra):
@@ -64,7 +47,6 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
                        shrink_budget=20, progress=None, quota=DEFAULT_QUOTA) -> list[dict]:
     """Records of a data-parallel wrapper: the cross-replica clauses (scope data_parallel),
     plus any single-device clause a finding was attributed to (e.g. BN-VAR-STABLE)."""
-    from bnconf.running import sync_audit as sync_engine
     profile = spec.profile(impl.profile)
     versions = impl.versions()
     clauses = spec.clauses_for(profile, scope="data_parallel")
@@ -86,11 +68,10 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", cid,
                                              "unsupported", f"the implementation lacks capability {lacking!r}"))
             continue
-        out += _tally_records(impl, device, versions, seed, result, spec.clauses[cid], impl.capabilities["dtypes"],
-                              lambda case, outcome, cid=cid: sync_engine.write_reproducer(
-                                  repro_dir, impl, device, cid, case, outcome))
+        out += rec_mod.clause_records(impl, device, versions, seed, result, spec.clauses[cid], impl.capabilities.dtypes,
+                                      lambda case, outcome, clause=spec.clauses[cid]: repro.write_sync(
+                                          Path(repro_dir), impl, device, clause, case, outcome))
     _stamp(out, result, scope="data_parallel")
-    from bnconf.cases.sync_case import SyncCase
     return _apply_known(out, impl, spec, device, known_dir,
                         lambda cj: sync_engine.evaluate(impl, SyncCase.from_json(cj), device, spec, profile)[0])
 
@@ -105,7 +86,7 @@ def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_di
     result = audit_implementation(impl, device, spec, profile, max_examples=max_examples, seed=seed,
                                   shrink_budget=shrink_budget, progress=progress, quota=quota)
     out = []
-    dtypes = list(impl.capabilities["dtypes"])
+    dtypes = list(impl.capabilities.dtypes)
     for clause in spec.clauses_for(profile):
         if clause.planned:
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
@@ -116,16 +97,13 @@ def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_di
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
                                              clause.id, "unsupported", f"the implementation lacks capability {lacking!r}"))
             continue
-        out += _tally_records(impl, device, versions, seed, result, clause, dtypes,
-                              lambda case, outcome, clause=clause: repro.write(
-                                  Path(repro_dir), impl, device, clause, case, outcome, run_case))
+        out += rec_mod.clause_records(impl, device, versions, seed, result, clause, dtypes,
+                                      lambda case, outcome, clause=clause: repro.write(
+                                          Path(repro_dir), impl, device, clause, case, outcome, run_case))
     _stamp(out, result)
     applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
 
     def replay(cj):
-        from bnconf.cases.case import Case
-        from bnconf.running.audit import evaluate
-        from bnconf.cases.strategies import fits
         case = Case.from_json(cj)
         if not fits(case, impl.capabilities):
             raise ValueError("the pinned case is outside the implementation's capabilities")
@@ -135,7 +113,6 @@ def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_di
 
 def _apply_known(out, impl, spec, device, known_dir, evaluate) -> list[dict]:
     """The listed deviations, each entry's pinned case re-run here (see known.py)."""
-    from bnconf.results.provenance import platform
     entries = known_mod.load_known(impl.name, spec, known_dir)
     replayed = known_mod.replay(entries, device, platform(), evaluate)
     return known_mod.apply_known(out, entries, impl.name, device, replayed)
@@ -143,9 +120,6 @@ def _apply_known(out, impl, spec, device, known_dir, evaluate) -> list[dict]:
 
 def _provenance(record: dict) -> dict:
     """The code, the case generator and the machine a record was measured with."""
-    import hypothesis
-
-    from bnconf.results.provenance import stamp
     stamp(record)
     record["bnconf"]["hypothesis"] = hypothesis.__version__
     return record
@@ -163,7 +137,6 @@ def main(argv=None) -> int:
     ap.add_argument("--spec", default=None)
     ap.add_argument("--devices", default="all", help="comma list, or 'all' for every visible device")
     args = ap.parse_args(argv)
-    from bnconf.running.registry import find
     spec = get_spec(args.spec)
     impl = find(args.impl)
     t0 = time.perf_counter()
@@ -188,7 +161,6 @@ def main(argv=None) -> int:
         records.extend(audit_records(impl, spec, device=device, max_examples=args.max_examples, seed=args.seed,
                                      repro_dir=args.repro_dir, quota=args.cases_per_clause))
     if "cpu" in wanted and not getattr(impl, "sync", False):
-        from bnconf.results.fingerprint import fingerprint
         try:
             fp = fingerprint(impl)
         except Exception as exc:  # a probe the implementation cannot run is data, not a crash

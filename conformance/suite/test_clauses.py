@@ -1,12 +1,13 @@
 """One pytest item per (implementation, clause). Items come from the spec and the registry
 (no cases are generated at import or collection time); the audit runs once per session,
 each implementation in its own process, and every item reads its clause's records."""
-import json
 import warnings
 
 import pytest
 
 from bnconf.frontends.pytest_plugin import plan, results_for
+from bnconf.report import findings
+from bnconf.spec.loader import get_spec
 
 OK = ("pass", "known")
 
@@ -22,20 +23,7 @@ def pytest_generate_tests(metafunc):
 
 
 def _message(r):
-    lines = [f"{r['implementation']} [{r.get('device')}, {r.get('dtype')}] violates {r['clause']}: "
-             f"{r.get('note') or ''}"]
-    if r.get("measured") is not None:
-        lines.append(f"  measured error {r['measured']} > allowed {r['allowed']} (ratio {r['ratio']})")
-    if r.get("case"):
-        lines.append(f"  seed {r.get('seed')}, smallest failing case: {json.dumps(r['case'])}")
-    if r.get("reproducer"):
-        lines.append(f"  reproduce: python {r['reproducer']}/repro.py")
-    if r.get("traceback"):
-        lines.append("  bnconf could not judge this clause (an error in bnconf, not in the implementation):")
-        lines.append("    " + r["traceback"].rstrip().replace("\n", "\n    "))
-    if r["status"] == "unexpected_pass":
-        lines.append(f"  listed as a known deviation ({(r.get('known') or {}).get('where')}) but it passed")
-    return "\n".join(lines)
+    return findings.text(findings.from_record(r, get_spec()))
 
 
 def test_clause(bnconf_item, request):
@@ -56,7 +44,7 @@ def test_clause(bnconf_item, request):
             warnings.warn(ShouldWarning(_message(r)))
     if all(r["status"] in ("unsupported", "not_run", "blocked") for r in recs):
         pytest.skip("; ".join(sorted({f"{r['status']}: {r.get('note')}" if r["status"] != "blocked" else
-                                      f"blocked by {', '.join(r.get('blocked_by', []))}: fails only because that "
+                                      f"{findings.blocked_by(r.get('blocked_by', []))}: fails only because that "
                                       "clause does (its item reports it)" for r in recs})))
     assert all(r["status"] in OK + ("warn", "unsupported", "not_run", "blocked") for r in recs), \
         sorted({r["status"] for r in recs})

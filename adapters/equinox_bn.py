@@ -3,7 +3,7 @@ The JAX helpers (x64, caching of compiled programs, device placement) are jax_bn
 import numpy as np
 
 from ._protocol import Implementation, Unsupported
-from .jax_bn import FAMILY, _arr, _build, _cached, _grads_out, _hyper, _jax, _np, _param_dtype, caps, devices, versions
+from .jax_bn import FAMILY, _arr, _cached, _grads_out, _hyper, _jax, _np, _on, _param_dtype, caps, devices, versions
 
 
 def _eqx_fns():
@@ -101,6 +101,11 @@ class _Equinox:
 
     def counter(self):
         return None
+
+
+def _build(cls, *a):
+    """Defined here, not taken from jax_bn: a reproducer embeds the module its build comes from."""
+    return lambda params, device: _on(device, lambda: cls(params, *a))
 
 
 def implementations():

@@ -26,7 +26,7 @@ def checkout_roots() -> list[str]:
     """bnconf checkouts on this machine: the clone the report is built in, and the source tree
     of an editable install."""
     roots = {project_root()}
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]   # conformance/report/paths.py -> the checkout
     if (here / "pyproject.toml").exists() and (here / "conformance").is_dir():
         roots.add(here)
     return sorted((str(r) for r in roots if r), key=len, reverse=True)

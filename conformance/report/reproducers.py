@@ -99,12 +99,19 @@ def script_for(impl) -> str:
         return "\n".join(["# Reproducer written by bnconf. Needs numpy and your file; not bnconf.", "import json",
                           _strip(inspect.getsource(protocol)), _strip(inspect.getsource(adapter)),
                           USER_LOADER, _strip(inspect.getsource(trace_mod)), DRIVER])
+    return "\n".join(["# Reproducer written by bnconf. Needs numpy and the framework; not bnconf.",
+                      adapter_script(impl), "# --- conformance/running/trace.py", _strip(inspect.getsource(trace_mod)),
+                      DRIVER])
+
+
+def adapter_script(impl) -> str:
+    """The code a reproducer holds for a built-in implementation: _protocol.py, the sibling
+    modules its adapter imports, and the adapter, relative imports taken out. Run alone, its
+    implementations() lists `impl` (the module its build comes from defines it)."""
     protocol = importlib.import_module("bnconf.adapters._protocol")
-    parts = ["# Reproducer written by bnconf. Needs numpy and the framework; not bnconf.",
-             "# --- adapters/_protocol.py", _strip(inspect.getsource(protocol))]
+    parts = ["# --- adapters/_protocol.py", _strip(inspect.getsource(protocol))]
     for module in _with_siblings(impl.build.__module__):
         parts += [f"# --- {module.__name__}", _strip(inspect.getsource(module))]
-    parts += ["# --- conformance/running/trace.py", _strip(inspect.getsource(trace_mod)), DRIVER]
     return "\n".join(parts)
 
 

@@ -78,7 +78,8 @@ def _how(rc: int | None) -> str:
 
 _LIBRARY_DIRS = tuple(os.path.join(os.path.realpath(d), "") for d in
                       [sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")]
-                      + [os.path.dirname(f) for f in (__file__, _protocol.__file__)])
+                      + [os.path.dirname(os.path.dirname(__file__)),   # all of bnconf (conformance/)
+                         os.path.dirname(_protocol.__file__)])
 
 
 def _last_user_frame(log_fd: int) -> str:

@@ -23,6 +23,7 @@ from bnconf.adapters._protocol import Implementation
 from bnconf.catalogs.faults import CATALOG, CORRECT_FORMS, FORMS, faulty
 from bnconf.catalogs.sync_faults import SYNC_FAULTS, implementation
 from bnconf.frontends.user_audit import audit
+from bnconf.results.provenance import project_root
 from bnconf.results.records import atomic_write_text
 from bnconf.running.audit import audit_implementation
 from bnconf.running.registry import all_implementations, find
@@ -244,7 +245,7 @@ def main(args) -> int:
     if args.one:
         print(json.dumps(one(args.one)))
         return 0
-    root = Path(__file__).resolve().parent.parent
+    root = project_root() or Path.cwd()
     out: dict = {"machine": {"python": sys.version.split()[0], "cores": __import__("os").cpu_count()},
                  "implementations": [], "audit": {}, "faults": [], "sync_faults": []}
     if args.tox:

@@ -17,6 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from bnconf.cases.capabilities import missing_capability
+
 BAD = ("fail", "unexpected_pass", "error")
 STRICT_BAD = BAD + ("warn",)
 # an AuditReport (`bnconf audit`) lists its clauses by status
@@ -100,6 +102,15 @@ def status_record(impl_name, family, profile, versions, device, dtype, clause, s
             "device": device, "dtype": dtype, "clause": clause, "status": status, "cases": 0,
             "passed": 0, "failed": 0, "measured": None, "allowed": None, "ratio": None,
             "comparison": None, "note": message, "measured_conventions": {}, "seed": None}
+
+
+def unsupported_record(impl, versions, device, clause) -> dict | None:
+    """A clause whose `needs` the implementation lacks is unsupported: recorded, never run."""
+    lacking = missing_capability(impl.capabilities, clause.needs)
+    if not lacking:
+        return None
+    return status_record(impl.name, impl.family, impl.profile, versions, device, "*", clause.id, "unsupported",
+                         f"the implementation lacks capability {lacking!r}")
 
 
 def clause_records(impl, device, versions, seed, result, clause, dtypes, write_repro) -> list[dict]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import hypothesis
 
-from bnconf.cases.capabilities import missing_capability
 from bnconf.cases.case import Case
 from bnconf.cases.strategies import fits
 from bnconf.cases.sync_case import SyncCase
@@ -63,10 +62,9 @@ def sync_audit_records(impl, spec, *, device, max_examples, seed, repro_dir, kno
                                            - {c.id for c in clauses})
     out = []
     for cid in ids:
-        lacking = missing_capability(impl.capabilities, spec.clauses[cid].needs)
-        if lacking:
-            out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*", cid,
-                                             "unsupported", f"the implementation lacks capability {lacking!r}"))
+        unsupported = rec_mod.unsupported_record(impl, versions, device, spec.clauses[cid])
+        if unsupported:
+            out.append(unsupported)
             continue
         out += rec_mod.clause_records(impl, device, versions, seed, result, spec.clauses[cid], impl.capabilities.dtypes,
                                       lambda case, outcome, clause=spec.clauses[cid]: repro.write_sync(
@@ -92,10 +90,9 @@ def audit_records(impl, spec, *, device, max_examples, seed, repro_dir, known_di
             out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
                                              clause.id, "not_run", f"planned: {clause.planned}"))
             continue
-        lacking = missing_capability(impl.capabilities, clause.needs)
-        if lacking:
-            out.append(rec_mod.status_record(impl.name, impl.family, impl.profile, versions, device, "*",
-                                             clause.id, "unsupported", f"the implementation lacks capability {lacking!r}"))
+        unsupported = rec_mod.unsupported_record(impl, versions, device, clause)
+        if unsupported:
+            out.append(unsupported)
             continue
         out += rec_mod.clause_records(impl, device, versions, seed, result, clause, dtypes,
                                       lambda case, outcome, clause=clause: repro.write(

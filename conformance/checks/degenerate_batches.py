@@ -6,6 +6,7 @@ import numpy as np
 
 from bnconf.checks.context import Ctx, Outcome
 from bnconf.checks.registry import check
+from bnconf.checks.running_statistics import _init_state
 from bnconf.reference import error_model as tolerance
 from bnconf.reference import oracle
 from bnconf.reference.comparison import compare
@@ -97,4 +98,9 @@ def empty_batch(ctx: Ctx):
     note = [] if shape_ok else [f"output shape {np.shape(y)} for input {ctx.case.shape}"]
     if not stats_ok:
         note.append("non-finite running statistics after an empty batch")
-    return [Outcome("BN-EMPTY-BATCH", shape_ok and stats_ok, note="; ".join(note))]
+    moved = [q for q, before in zip(("running_mean", "running_var"), _init_state(ctx))
+             if f"train_0/{q}" in ctx.trace and stats_ok
+             and not np.array_equal(np.asarray(ctx.trace[f"train_0/{q}"], np.float64), before)]
+    if moved:
+        note.append(f"an empty batch changed the {' and '.join(moved)} (finite, but no batch was seen)")
+    return [Outcome("BN-EMPTY-BATCH", shape_ok and stats_ok and not moved, note="; ".join(note))]

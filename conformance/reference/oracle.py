@@ -68,11 +68,16 @@ def momentum_weight(profile, momentum, step):
 
 def update_running(state, batch_mean, batch_var, n, momentum, profile, fed_offset=0.0):
     """One training step's running-statistics update; `state` is (mean, var, hidden_mean,
-    hidden_var, step). BN-RUNVAR-UNBIASED / -BIASED choose the variance estimator;
+    hidden_var, step). BN-RUNVAR-UNBIASED / -BIASED choose the variance estimator; the
+    profile's `unbiased_factor` and `empty_batch_running_stats` say what n = 1 and n = 0 do;
     `fed_offset` (attribution only) is added to the variance the running one is fed."""
     mean, var, h_mean, h_var, step = state
     step += 1
-    if profile.running_variance == "unbiased":
+    if n == 0 and profile.empty_batch_running_stats == "unchanged":   # BN-EMPTY-BATCH
+        return (mean, var, h_mean, h_var, step)
+    if profile.running_variance == "unbiased" and profile.unbiased_factor == "n_over_max_n_minus_1_1":
+        batch_var = batch_var * n / max(n - 1, 1)                      # BN-ONE-VALUE: finite at n = 1
+    elif profile.running_variance == "unbiased":
         batch_var = batch_var * n / (n - 1) if n > 1 else batch_var * np.nan
     elif profile.running_variance == "std":   # attribution only: a running std where the variance belongs
         batch_var = np.sqrt(batch_var)

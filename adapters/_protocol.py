@@ -43,6 +43,11 @@ class Capabilities:
     empty_batch: bool = True           # a batch of zero rows reaches the kernel
     eval_without_stats: bool = True    # eval without running statistics (F.batch_norm cannot)
     eval_batch_stats: bool = False     # an eval-mode call that normalizes with batch statistics
+    ambient_grad_mode: bool = False    # instance.forward_under(x, training, grad_enabled) -> dict(y):
+                                       # the layer in its own mode, with gradient recording on or off
+    saved_state: bool = False          # instance.reload(): save the layer's state the framework's way and
+                                       # continue with a fresh layer that loaded it; instance.to_float64():
+                                       # convert it the framework's way -> {param_dtype, stats_dtype}
     layout_pool: int = 0               # > 0: shapes come from a per-run pool of this many per
                                        # dtype (each new shape is a compile for a JIT framework)
 

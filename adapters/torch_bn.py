@@ -57,6 +57,27 @@ class _ModuleInstance:
                 self.m.weight.copy_(_tensor(params["weight"], params["dtype"], device))
                 self.m.bias.copy_(_tensor(params["bias"], params["dtype"], device))
         self.memory_format = params.get("memory_format", "contiguous")
+        self.cls_name = cls_name
+
+    def reload(self):
+        """A checkpoint as users write one: torch.save(state_dict()), a fresh module, load_state_dict."""
+        import io
+        torch = _torch()
+        buf = io.BytesIO()
+        torch.save(self.m.state_dict(), buf)
+        buf.seek(0)
+        fresh = _ModuleInstance(self.cls_name, dict(self.params, affine="default" if self.params["affine"] == "random"
+                                                    else self.params["affine"]), self.device)
+        fresh.m.load_state_dict(torch.load(buf))
+        self.m = fresh.m
+
+    def to_float64(self):
+        torch = _torch()
+        self.m = self.m.to(torch.float64)
+        params = [str(p.dtype) for p in self.m.parameters()]
+        stats = [str(b.dtype) for n, b in self.m.named_buffers() if n != "num_batches_tracked"]
+        return {"param_dtype": (params or stats or ["none"])[0].replace("torch.", ""),
+                "stats_dtype": (stats or params or ["none"])[0].replace("torch.", "")}
 
     def forward(self, x, training, dy):
         torch = _torch()
@@ -75,6 +96,14 @@ class _ModuleInstance:
                 out["dweight"] = _to_np(self.m.weight.grad)[0]
                 out["dbias"] = _to_np(self.m.bias.grad)[0]
         return out
+
+    def forward_under(self, x, training, grad_enabled):
+        """The module switched by .train()/.eval() alone, with the grad mode set around the call."""
+        torch = _torch()
+        self.m.train(training)
+        with torch.set_grad_enabled(grad_enabled):
+            y = self.m(_tensor(x, self.params["dtype"], self.device))
+        return {"y": _to_np(y)[0]}
 
     def running_stats(self):
         if self.m.running_mean is None:
@@ -125,6 +154,16 @@ class _FunctionalInstance:
             t.requires_grad_(False)
         return out
 
+    def forward_under(self, x, training, grad_enabled):
+        """training= alone chooses the mode; the grad mode is set around the call."""
+        torch = _torch()
+        if not training and self.rm is None:
+            raise Unsupported("F.batch_norm has no eval mode without running statistics")
+        with torch.set_grad_enabled(grad_enabled):
+            y = torch.nn.functional.batch_norm(_tensor(x, self.params["dtype"], self.device), self.rm, self.rv,
+                                               self.w, self.b, training=training, **_kwargs(self.params))
+        return {"y": _to_np(y)[0]}
+
     def running_stats(self):
         if self.rm is None:
             return None
@@ -153,7 +192,8 @@ def _module(cls_name, ranks, channels_last):
             raise Unsupported(f"torch.nn.{cls_name} takes inputs of rank {ranks}")
         return _ModuleInstance(cls_name, params, device)
     caps = default_capabilities(ranks=ranks, feature_axes=("first",), momentum_none=True,
-                                no_running_stats=True, channels_last_memory=channels_last)
+                                no_running_stats=True, channels_last_memory=channels_last, ambient_grad_mode=True,
+                                saved_state=True)
     return Implementation(f"torch.nn.{cls_name}", "torch", caps, build, versions, devices, FAMILY)
 
 
@@ -165,7 +205,7 @@ def _functional():
     # without running statistics F.batch_norm has no eval mode: "running_mean must be defined in
     # evaluation mode" (a caller passes training=True)
     caps = default_capabilities(feature_axes=("first",), no_running_stats=True, default_init=False,
-                                eval_without_stats=False)
+                                eval_without_stats=False, ambient_grad_mode=True)
     return Implementation("torch.nn.functional.batch_norm", "torch", caps, build, versions, devices, FAMILY)
 
 

@@ -17,8 +17,9 @@ written, including `sqrt(var - eps)`, the old-weight momentum 0.9 and the mode c
 torch.is_grad_enabled(). What it still gets wrong is a finding, not a repair.
 """
 from .._protocol import Implementation, Unsupported, default_capabilities
-from .torch_specimen import CallerHeldState, prepare_module
+from .torch_specimen import CallerHeldState, float64_dtypes, prepare_module, reload_into
 
+STATS = ("moving_mean", "moving_var")   # plain tensor attributes in the document's class, not buffers
 SOURCE_DOCUMENT = "seeds/004 (Batch normalization（批归一化）interview notes)"
 CLAIMED_PROFILE = "torch"
 
@@ -106,8 +107,16 @@ class _ModuleInstance:
             raise Unsupported("the module fixes eps=1e-5 and momentum=0.9 itself")
         self.torch, self.p = torch, params
         ns = _namespace(repaired_source() if repaired else SOURCE)
-        self.m = prepare_module(ns["batchNorm"](params["num_features"], params["rank"]), params,
-                                ("moving_mean", "moving_var"))
+        self.cls = ns["batchNorm"]
+        self.m = prepare_module(self.cls(params["num_features"], params["rank"]), params, STATS)
+
+    def reload(self):
+        fresh = prepare_module(self.cls(self.p["num_features"], self.p["rank"]), dict(self.p, affine="default"), STATS)
+        self.m = reload_into(self.m, fresh)
+
+    def to_float64(self):
+        self.m, dtypes = float64_dtypes(self.m, STATS)
+        return dtypes
 
     def forward(self, x, training, dy):
         torch = self.torch
@@ -117,6 +126,16 @@ class _ModuleInstance:
             y = self.m(xt)
         self.m.moving_mean, self.m.moving_var = self.m.moving_mean.detach(), self.m.moving_var.detach()
         return {"y": y.detach().numpy().copy(), "y_dtype": str(y.dtype).replace("torch.", "")}
+
+    def forward_under(self, x, training, grad_enabled):
+        """As a user calls it: .train()/.eval(), in whatever grad mode the caller is in (the
+        document's class reads torch.is_grad_enabled(), which is what BN-MODE-SWITCH asks about)."""
+        torch = self.torch
+        self.m.train(training)
+        with torch.set_grad_enabled(grad_enabled):
+            y = self.m(torch.as_tensor(x))
+        self.m.moving_mean, self.m.moving_var = self.m.moving_mean.detach(), self.m.moving_var.detach()
+        return {"y": y.detach().numpy().copy()}
 
     def running_stats(self):
         return self.m.moving_mean.numpy().reshape(-1).copy(), self.m.moving_var.numpy().reshape(-1).copy()
@@ -132,7 +151,8 @@ def implementations():
     fn_caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
                                    default_eps=False, default_momentum=False, default_init=False, affine_off=False)
     mod_caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
-                                    explicit_momentum=False, affine_off=False, grads=False)
+                                    explicit_momentum=False, affine_off=False, grads=False, ambient_grad_mode=True,
+                                    saved_state=True)
     out = []
     for repaired in (False, True):
         tag = "[repaired]" if repaired else "[as written]"

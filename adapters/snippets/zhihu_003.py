@@ -10,7 +10,7 @@ the convolution branch initialises beta to ONES, biased running variance, inputs
 2 or 4 only.
 """
 from .._protocol import Implementation, Unsupported, default_capabilities
-from .torch_specimen import CallerHeldState, prepare_module
+from .torch_specimen import CallerHeldState, float64_dtypes, prepare_module, reload_into
 
 SOURCE_DOCUMENT = "seeds/003 (Batch normalization, LeNet example)"
 CLAIMED_PROFILE = "torch"
@@ -98,8 +98,19 @@ class _ModuleInstance:
         if params["momentum"] != "default" or params["eps"] != "default":
             raise Unsupported("the module fixes eps=1e-5 and momentum=0.9 itself")
         self.p = params
-        self.m = prepare_module(BatchNorm(is_conv=params["rank"] == 4, in_channels=params["num_features"]), params,
-                                ("running_mean", "running_var"))
+        self.m = self._build(params)
+
+    @staticmethod
+    def _build(params):
+        return prepare_module(BatchNorm(is_conv=params["rank"] == 4, in_channels=params["num_features"]), params,
+                              ("running_mean", "running_var"))
+
+    def reload(self):
+        self.m = reload_into(self.m, self._build(dict(self.p, affine="default")))
+
+    def to_float64(self):
+        self.m, dtypes = float64_dtypes(self.m, ("running_mean", "running_var"))
+        return dtypes
 
     def forward(self, x, training, dy):
         self.m.train(training)
@@ -115,6 +126,15 @@ class _ModuleInstance:
         self.m.running_var = self.m.running_var.detach()
         return out
 
+    def forward_under(self, x, training, grad_enabled):
+        """As a user calls it: .train()/.eval(), in whatever grad mode the caller is in."""
+        self.m.train(training)
+        with torch.set_grad_enabled(grad_enabled):
+            y = self.m(torch.as_tensor(x))
+        self.m.running_mean = self.m.running_mean.detach()
+        self.m.running_var = self.m.running_var.detach()
+        return {"y": _np(y)}
+
     def running_stats(self):
         return _np(self.m.running_mean).reshape(-1), _np(self.m.running_var).reshape(-1)
 
@@ -126,7 +146,8 @@ def implementations():
     fn_caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
                                    default_eps=False, default_momentum=False, default_init=False, affine_off=False)
     mod_caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
-                                    explicit_momentum=False, affine_off=False)
+                                    explicit_momentum=False, affine_off=False, ambient_grad_mode=True,
+                                    saved_state=True)
     v = lambda: {"torch": torch.__version__, "source": SOURCE_DOCUMENT}  # noqa: E731
     return [
         Implementation("snippet.003.batch_norm", CLAIMED_PROFILE, fn_caps, lambda p, d: _FunctionInstance(p), v,

@@ -16,5 +16,8 @@ from bnconf.checks import gradients
 from bnconf.checks import purity_and_dtype
 from bnconf.checks import degenerate_batches
 from bnconf.checks import relations
+from bnconf.checks import mode_switch
+from bnconf.checks import state_persistence
 
-FAMILIES = (forward, running_statistics, evaluation, gradients, purity_and_dtype, degenerate_batches, relations)
+FAMILIES = (forward, running_statistics, evaluation, gradients, purity_and_dtype, degenerate_batches, relations, mode_switch,
+            state_persistence)

@@ -57,7 +57,8 @@ def run_case(impl, case: Case, device: str):
         passed = {k: v for k, v in (over or {}).items() if not k.startswith("_")}
         extra.append((name, mode, x, dict(params, **passed) if passed else None))
     post = post_eval_inputs(case, arrays)
-    trace = run_trace(impl, params, arrays, case.steps, device, grads=case.grads, extra=extra, post=post)
+    trace = run_trace(impl, params, arrays, case.steps, device, grads=case.grads, extra=extra, post=post,
+                      ambient=impl.capabilities.ambient_grad_mode, saved_state=impl.capabilities.saved_state)
     return arrays, params, trace, relations, post
 
 

@@ -256,6 +256,16 @@ class _Instance:
         _mirror(writes, dict(self.given, x=x, dy=dy))
         return out
 
+    def forward_under(self, x, training, grad_enabled):
+        mode = f"{'train' if training else 'eval'}, gradients {'on' if grad_enabled else 'off'}"
+        return self._run("forward_under", (x, training, grad_enabled), f"forward ({mode})")[0]
+
+    def reload(self):
+        return self._run("reload", (), "save and load the state")[0]
+
+    def to_float64(self):
+        return self._run("to_float64", (), "conversion to float64")[0]
+
     def _stat(self, i: int):
         if self.stats is None:
             self._run(*(() if self.unsent or self.failure else ("stats", (), "running_stats")))

@@ -219,6 +219,18 @@ class _Server:
         self.instances[hid] = [inst, given, _bytes(given)]
         return _changed(given, before), self._stats(inst)
 
+    def op_forward_under(self, hid: int, x, training, grad_enabled) -> tuple:
+        entry = self.instances[hid]
+        return entry[0].forward_under(x, training, grad_enabled), {}, self._stats(entry[0])
+
+    def op_reload(self, hid: int) -> tuple:
+        entry = self.instances[hid]
+        return entry[0].reload(), {}, self._stats(entry[0])
+
+    def op_to_float64(self, hid: int) -> tuple:
+        entry = self.instances[hid]
+        return entry[0].to_float64(), {}, self._stats(entry[0])
+
     def op_forward(self, hid: int, x, training, dy) -> tuple:
         entry = self.instances[hid]
         args = {"x": x, "dy": dy}

@@ -69,22 +69,43 @@ class _TorchModuleInstance:
 
     def __init__(self, cls, params, timeout):
         import torch
-        self.torch, self.p, self.timeout = torch, params, timeout
+        self.torch, self.p, self.timeout, self.cls = torch, params, timeout, cls
         if params["momentum"] != "default" or params["eps"] != "default":
             raise Unsupported("a module built as NAME(num_features) keeps its own momentum and eps")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), _time_limit(timeout):
-                self.m = cls(params["num_features"])
-        except (Unsupported, CallTimeout):
-            raise
-        except Exception as exc:
-            raise ProtocolError(f"NAME(num_features) raised {type(exc).__name__}: {exc}") from None
-        self.m = self.m.to(getattr(torch, params["dtype"]))
+        self.m = self._build()
         self._w, self._b = self._affine()
         if params["affine"] == "random":
             with torch.no_grad():
                 self._w.copy_(torch.as_tensor(params["weight"]).reshape(self._w.shape))
                 self._b.copy_(torch.as_tensor(params["bias"]).reshape(self._b.shape))
+
+    def _build(self):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), _time_limit(self.timeout):
+                m = self.cls(self.p["num_features"])
+        except (Unsupported, CallTimeout):
+            raise
+        except Exception as exc:
+            raise ProtocolError(f"NAME(num_features) raised {type(exc).__name__}: {exc}") from None
+        return m.to(getattr(self.torch, self.p["dtype"]))
+
+    def reload(self):
+        """BN-STATE-PERSIST: torch.save(state_dict()) and load_state_dict into a fresh NAME(num_features)."""
+        torch = self.torch
+        buf = io.BytesIO()
+        torch.save(self.m.state_dict(), buf)
+        buf.seek(0)
+        fresh = self._build()
+        with _time_limit(self.timeout):
+            fresh.load_state_dict(torch.load(buf))
+        self.m = fresh
+        self._w, self._b = self._affine()
+
+    def to_float64(self):
+        self.m = self.m.to(self.torch.float64)
+        mean, _ = self._buffers()
+        return {"param_dtype": str(self._affine()[0].dtype).replace("torch.", ""),
+                "stats_dtype": "none" if mean is None else str(mean.dtype).replace("torch.", "")}
 
     def _affine(self):
         named = dict(self.m.named_parameters())
@@ -121,6 +142,17 @@ class _TorchModuleInstance:
             out["dbias"] = self._b.grad.detach().numpy().reshape(-1).copy()
         return out
 
+    def forward_under(self, x, training, grad_enabled):
+        """BN-MODE-SWITCH: the module switched by .train()/.eval() alone, the grad mode set around it."""
+        torch = self.torch
+        self.m.train(training)
+        with torch.set_grad_enabled(grad_enabled), contextlib.redirect_stdout(io.StringIO()), \
+                _time_limit(self.timeout):
+            y = self.m(torch.as_tensor(x))
+        if not isinstance(y, torch.Tensor):
+            raise ProtocolError(f"forward returned {type(y).__name__}, not a tensor")
+        return {"y": y.detach().numpy().copy()}
+
     def running_stats(self):
         m, v = self._buffers()
         if m is None or v is None:
@@ -134,7 +166,7 @@ class _TorchModuleInstance:
 def torch_module_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S) -> Implementation:
     caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
                                 explicit_momentum=False, default_eps=True, default_momentum=True, affine_off=False,
-                                default_init=True)
+                                default_init=True, ambient_grad_mode=True, saved_state=True)
     return Implementation(name, profile, caps, lambda params, device: _TorchModuleInstance(cls, params, timeout),
                           lambda: {"torch": __import__("torch").__version__}, lambda: ["cpu"], "user")
 

@@ -45,10 +45,47 @@ def _forward(inst, x, training, dy, out, prefix, params, given):
     out[prefix + "mutated"] = bool(mutated)
 
 
-def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), post=()):
+def _ambient_probes(inst, arrays, out):
+    """BN-MODE-SWITCH: the trained layer called in eval, then in training mode, each with the
+    framework's gradient recording on and off (`forward_under`); the mode must follow the
+    layer's own switch alone. A probe that raises is recorded under its own prefix."""
+    # eval with gradients off first: it is the twin of an adapter's main eval under no_grad
+    for training, grad in ((False, False), (False, True), (True, True), (True, False)):
+        x = arrays["x_train_0" if training else "x_eval"]
+        phase = f"mode/{'train' if training else 'eval'}_grad_{'on' if grad else 'off'}/"
+        try:
+            out[phase + "y"] = np.asarray(inst.forward_under(x.copy(), training, grad)["y"])
+            _stats(inst, out, phase)
+        except Exception as exc:
+            out[phase + "error"] = _err(phase, exc)
+            return
+
+
+def _state_probes(inst, arrays, out):
+    """BN-STATE-PERSIST: the trained layer called in eval, saved and loaded the framework's way
+    into a fresh one (`reload`), which is called in eval on the same batch; then converted to float64 the framework's way (`to_float64`,
+    which reports its parameters' and running statistics' dtypes)."""
+    phase = "state/"
+    try:
+        out[phase + "before_y"] = np.asarray(inst.forward(arrays["x_eval"].copy(), False, None)["y"])
+        _stats(inst, out, phase + "before_")
+        inst.reload()
+        out[phase + "y"] = np.asarray(inst.forward(arrays["x_eval"].copy(), False, None)["y"])
+        _stats(inst, out, phase)
+        phase = "convert/"
+        for k, v in inst.to_float64().items():
+            out[phase + k] = str(v)
+    except Exception as exc:
+        out[phase + "error"] = _err(phase, exc)
+
+
+def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), post=(), ambient=False,
+              saved_state=False):
     """Returns a flat dict: init/…, train_K/…, eval/…, and `error` if a call raised.
 
     post: (name, array) eval calls on the trained instance after the main eval.
+    ambient: after those, the mode-switch probes (mode/…) on the same instance.
+    saved_state: last, the save/load and dtype-conversion probes (state/…, convert/…).
     extra: (name, mode, array, params) calls made on a fresh instance after the main trace, for the
     relation checks (permuted, shifted, scaled inputs); each gets its own prefix.
     """
@@ -69,6 +106,10 @@ def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), p
         for name, x in post:  # more eval calls on the same instance (BN-FOLD)
             phase = f"post/{name}"
             out[phase + "/y"] = np.asarray(inst.forward(x.copy(), False, None)["y"])
+        if ambient:
+            _ambient_probes(inst, arrays, out)
+        if saved_state:
+            _state_probes(inst, arrays, out)
     except Exception as exc:  # the implementation's failure is data, never our crash
         out["error"] = _err(phase, exc)
         # the relations still run after a post-eval call raised, and when there is no eval mode

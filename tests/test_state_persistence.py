@@ -1,0 +1,93 @@
+"""BN-STATE-PERSIST held to modules a user writes: running statistics kept as plain tensor
+attributes (the d2l pattern) stay float32 under .to(torch.float64) and are lost by a
+state_dict() round trip, and that is the one finding (its float32 running statistics are not
+reported again under BN-DTYPE-F64); non-persistent buffers are lost by the round trip alone;
+the same module with registered buffers conforms at every seed tried."""
+import textwrap
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import bnconf  # noqa: E402
+
+MODULES = textwrap.dedent('''
+    import torch
+
+    class _BN(torch.nn.Module):
+        def __init__(self, num_features):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(num_features))
+            self.bias = torch.nn.Parameter(torch.zeros(num_features))
+            self.keep(torch.zeros(num_features), torch.ones(num_features))
+
+        def forward(self, x):
+            axes = [0] + list(range(2, x.dim()))
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            if self.training:
+                n = x.numel() // x.shape[1]
+                if n == 1:
+                    raise ValueError("Expected more than 1 value per channel when training")
+                mean, var = x.mean(axes), x.var(axes, unbiased=False)
+                with torch.no_grad():
+                    self.keep(0.9 * self.running_mean + 0.1 * mean, 0.9 * self.running_var + 0.1 * var * n / (n - 1))
+            else:
+                mean, var = self.running_mean, self.running_var
+            x_hat = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + 1e-5)
+            return self.weight.reshape(shape) * x_hat + self.bias.reshape(shape)
+
+    class PlainAttributes(_BN):
+        def keep(self, mean, var):
+            self.running_mean, self.running_var = mean.detach(), var.detach()
+
+    class Buffers(_BN):
+        persistent = True
+
+        def keep(self, mean, var):
+            if not hasattr(self, "running_mean"):
+                self.register_buffer("running_mean", mean, persistent=self.persistent)
+                self.register_buffer("running_var", var, persistent=self.persistent)
+            else:
+                self.running_mean.copy_(mean)
+                self.running_var.copy_(var)
+
+    class NonPersistentBuffers(Buffers):
+        """Moved by .to() with the parameters, but left out of state_dict()."""
+        persistent = False
+''')
+
+
+@pytest.fixture(scope="module")
+def module_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("state") / "mods.py"
+    path.write_text(MODULES)
+    return path
+
+
+def _audit(module_file, name, seed):
+    return bnconf.audit(f"{module_file}:{name}", "torch", kind="torch-module", quota=20, seed=seed,
+                        fingerprint=False, shrink_budget=3)
+
+
+@pytest.mark.clause("BN-STATE-PERSIST")
+def test_statistics_kept_as_plain_attributes_are_a_state_persistence_violation(module_file):
+    rep = _audit(module_file, "PlainAttributes", 0)
+    clauses = {v["clause"] for v in rep.violations}
+    assert clauses == {"BN-STATE-PERSIST"}, rep.violations
+    (v,) = rep.violations
+    assert "running statistics stay float32" in v["message"], v
+    assert "BN-DTYPE-F64" in {b["clause"] for b in rep.blocked}, rep.blocked
+
+
+@pytest.mark.clause("BN-STATE-PERSIST")
+def test_buffers_left_out_of_the_state_dict_are_a_state_persistence_violation(module_file):
+    rep = _audit(module_file, "NonPersistentBuffers", 0)
+    assert {v["clause"] for v in rep.violations} == {"BN-STATE-PERSIST"}, rep.violations
+    (v,) = rep.violations
+    assert "not part of the saved state" in v["message"] and "stay float32" not in v["message"], v
+
+
+@pytest.mark.clause("BN-STATE-PERSIST")
+@pytest.mark.parametrize("seed", range(3))
+def test_registered_buffers_conform(module_file, seed):
+    rep = _audit(module_file, "Buffers", seed)
+    assert not rep.violations, rep.violations

@@ -15,6 +15,7 @@ from bnconf.report import other_runs as report_runs
 from bnconf.report import paths as report_paths
 from bnconf.report.html import render_html
 from bnconf.report.markdown import render_md
+from bnconf.reference.porting import porting_guide
 from bnconf.report.statuses import FP_KEYS, REPRO_NOTE, SPEC_LINK, worst
 from bnconf.results.provenance import platform_label
 from bnconf.results.records import atomic_write_text, blocks_by_root, read_jsonl
@@ -184,44 +185,6 @@ def documents(results, facts, spec) -> list[dict]:
             s["conforms"] = sorted(c for c, st in s["clauses"].items() if st == "pass")
         out.append({"document": doc, "title": title, "specimens": list(specimens.values()),
                     "facts": [f for f in facts if f.get("document") == doc]})
-    return out
-
-
-def porting_guide(spec) -> list[dict]:
-    """How to translate momentum, eps and running variance between each pair of profiles."""
-    out = []
-    names = [n for n, p in spec.profiles.items() if p.momentum_form != "none"]
-    for a in names:
-        for b in names:
-            if a == b:
-                continue
-            pa, pb = spec.profiles[a], spec.profiles[b]
-            ma, mb = pa.momentum_form, pb.momentum_form
-            if ma == mb:
-                mom = "same momentum value"
-            elif {ma, mb} == {"batch_weight", "old_weight"}:
-                mom = f"momentum_{b} = 1 - momentum_{a}"
-            elif mb == "debiased_ema" or ma == "debiased_ema":
-                mom = (f"decay = 1 - momentum ({'batch_weight' if 'batch_weight' in (ma, mb) else 'same value'}); "
-                       "the debiased EMA has no exact equivalent in the other form early in training")
-            else:
-                mom = "no direct equivalent"
-            ra, rb = pa.running_variance, pb.running_variance
-            if ra == rb:
-                var = "copy running variance as is"
-            elif ra == "unbiased" and rb == "biased":
-                var = "running_var_b = running_var_a * (n-1)/n (n: values per channel per batch; negligible for large n)"
-            elif ra == "biased" and rb == "unbiased":
-                var = "running_var_b = running_var_a * n/(n-1)"
-            else:
-                var = "n/a"
-            eps = ("same default eps" if pa.default_eps == pb.default_eps else
-                   f"set eps explicitly: {a} default {pa.default_eps}, {b} default {pb.default_eps}")
-            default_m = (f"{a} default {pa.default_momentum} -> {b}: "
-                         + (f"{1 - pa.default_momentum:g}" if {ma, mb} == {"batch_weight", "old_weight"}
-                            and pa.default_momentum is not None else f"{pa.default_momentum}"))
-            out.append({"from": a, "to": b, "momentum": mom, "default_momentum": default_m, "eps": eps,
-                        "running_variance": var})
     return out
 
 

@@ -126,10 +126,14 @@ def render_html(rep: dict) -> str:
     H += _other_runs(rep.get("other_runs") or [])
     H.append("<h2>Accuracy</h2>")
     H += plots(rep)
-    H.append("<h2>Porting guide</h2><table><tr><th>from</th><th>to</th><th>momentum</th><th>default momentum</th>"
-             "<th>eps</th><th>running variance</th></tr>")
+    H.append("<h2>Porting guide</h2><p>Copying a trained layer's weights: every profile normalizes eval with "
+             "the stored running variance as it is, so the statistics are copied unchanged and eps is carried "
+             "over by value. The other columns are for training that continues in the target.</p>"
+             "<table><tr><th>from</th><th>to</th><th>weights</th><th>momentum</th><th>default momentum</th>"
+             "<th>eps</th><th>running variance (training on)</th></tr>")
     for p in rep["porting"]:
-        H.append("<tr>" + "".join(f"<td class='l'>{e(str(p[k]))}</td>" for k in
-                                  ("from", "to", "momentum", "default_momentum", "eps", "running_variance")) + "</tr>")
+        H.append("<tr>" + "".join(f"<td class='l'>{e(str(p.get(k, '')))}</td>" for k in
+                                  ("from", "to", "weights_text", "momentum", "default_momentum", "eps",
+                                   "running_variance")) + "</tr>")
     H.append("</table></body></html>")
     return "\n".join(H)

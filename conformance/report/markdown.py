@@ -112,9 +112,13 @@ def render_md(rep: dict) -> str:
     for i, svg in enumerate(plots(rep)):
         L.append(f"![plot {i + 1}](data:image/svg+xml;utf8,{quote(svg, safe='')})")
         L.append("")
-    L += ["## Porting guide", "", "| from | to | momentum | default momentum | eps | running variance |",
-          "|---|---|---|---|---|---|"]
+    L += ["## Porting guide", "",
+          "Copying a trained layer's weights: every profile normalizes eval with the stored running "
+          "variance as it is, so the statistics are copied unchanged and eps is carried over by value. "
+          "The other columns are for training that continues in the target.", "",
+          "| from | to | weights | momentum | default momentum | eps | running variance (training on) |",
+          "|---|---|---|---|---|---|---|"]
     for p in rep["porting"]:
-        L.append(f"| {p['from']} | {p['to']} | {p['momentum']} | {p['default_momentum']} | {p['eps']} | "
-                 f"{p['running_variance']} |")
+        L.append(f"| {p['from']} | {p['to']} | {p.get('weights_text', '')} | {p['momentum']} | "
+                 f"{p['default_momentum']} | {p['eps']} | {p['running_variance']} |")
     return "\n".join(L) + "\n"

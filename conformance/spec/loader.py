@@ -62,6 +62,7 @@ class Profile:
     sources: tuple[str, ...]
     eps_scale: float = 1.0   # attribution only: the eps an implementation uses, per eps it is given
     running_var_eps: float = 0.0   # attribution only: eps times this is added to what the running variance is fed
+    history: tuple[str, ...] = ()  # how the convention family's behaviour changed across versions (rendered)
 
     def __getattr__(self, item: str) -> Any:  # profile.momentum_form etc.
         conv = self.__dict__.get("conventions", {})
@@ -74,7 +75,7 @@ class Profile:
         conv = dict(self.conventions)
         conv.update(changes)
         return Profile(self.name, self.title, conv, self.default_momentum, self.default_eps,
-                       self.initial, self.sources, self.eps_scale, self.running_var_eps)
+                       self.initial, self.sources, self.eps_scale, self.running_var_eps, self.history)
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def load_spec(path: str | Path | None = None) -> Spec:
                                 f"{p[cname]!r} is not one of {cdef['values']}")
             conv[cname] = p[cname]
         profiles[name] = Profile(name, p["title"], conv, p["default_momentum"], p["default_eps"],
-                                 dict(p["initial"]), tuple(p["sources"]))
+                                 dict(p["initial"]), tuple(p["sources"]), history=tuple(p.get("history", ())))
 
     clauses: dict[str, Clause] = {}
     lines: dict[str, int] = {}

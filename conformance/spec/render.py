@@ -30,6 +30,10 @@ def render(spec: Spec) -> str:
         row = [p.name] + [str(p.conventions[f]) for f in fields] + [
             str(p.default_momentum), str(p.default_eps), f"{p.initial['running_mean']}/{p.initial['running_var']}"]
         L.append("| " + " | ".join(row) + " |")
+    notes = [(p.name, h) for p in spec.profiles.values() for h in p.history]
+    if notes:
+        L += ["", "### Version history", ""]
+        L += [f"- `{name}`: {h}" for name, h in notes]
     L += ["", "### Convention fields", ""]
     for f, d in spec.conventions.items():
         L.append(f"- `{f}` ({', '.join(map(str, d['values']))}): {d['meaning']}")

@@ -29,6 +29,19 @@ def _to_np(t):
     return np_out(t.numpy().copy(), name)  # a copy: the buffer changes in place later
 
 
+def reload_into(m, fresh):
+    """A checkpoint as users write one: torch.save(m.state_dict()), then load_state_dict into a
+    freshly built module of the same class; returns the fresh module (BN-STATE-PERSIST). The
+    one copy: the specimens and user modules (running/targets.py) reload through it too."""
+    import io
+    torch = _torch()
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    return fresh
+
+
 def _tensor(a, dtype, device):
     torch = _torch()
     return torch.as_tensor(np.asarray(a, np.float32 if dtype == "bfloat16" else a.dtype)).to(device=device, dtype=_dtype(dtype))
@@ -60,16 +73,11 @@ class _ModuleInstance:
         self.cls_name = cls_name
 
     def reload(self):
-        """A checkpoint as users write one: torch.save(state_dict()), a fresh module, load_state_dict."""
-        import io
-        torch = _torch()
-        buf = io.BytesIO()
-        torch.save(self.m.state_dict(), buf)
-        buf.seek(0)
+        """The state_dict round trip into a fresh module, built without the case's random affine
+        (the checkpoint must bring it back)."""
         fresh = _ModuleInstance(self.cls_name, dict(self.params, affine="default" if self.params["affine"] == "random"
                                                     else self.params["affine"]), self.device)
-        fresh.m.load_state_dict(torch.load(buf))
-        self.m = fresh.m
+        self.m = reload_into(self.m, fresh.m)
 
     def to_float64(self):
         torch = _torch()

@@ -26,3 +26,19 @@ def run_cli():
         return subprocess.run([sys.executable, "-m", "bnconf.frontends.cli", *args], cwd=cwd, capture_output=True, text=True,
                               env=e, timeout=timeout)
     return run
+
+
+@pytest.fixture(scope="module")
+def audit_torch_module(tmp_path_factory):
+    """audit(source, class name, seed): a user's torch module written to a file and audited as
+    `bnconf audit FILE:NAME --kind torch-module --profile torch` would (quota 20, no fingerprint)."""
+    import bnconf
+    files = {}
+
+    def audit(source, name, seed=0):
+        if source not in files:
+            files[source] = tmp_path_factory.mktemp("module") / "mods.py"
+            files[source].write_text(source)
+        return bnconf.audit(f"{files[source]}:{name}", "torch", kind="torch-module", quota=20, seed=seed,
+                            fingerprint=False, shrink_budget=3)
+    return audit

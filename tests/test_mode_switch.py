@@ -7,7 +7,6 @@ import textwrap
 import pytest
 
 torch = pytest.importorskip("torch")
-import bnconf  # noqa: E402
 
 GRAD_MODE_SWITCHED = textwrap.dedent('''
     import torch
@@ -43,21 +42,9 @@ GRAD_MODE_SWITCHED = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def module_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("mode") / "mods.py"
-    path.write_text(GRAD_MODE_SWITCHED)
-    return path
-
-
-def _audit(module_file, name, seed):
-    return bnconf.audit(f"{module_file}:{name}", "torch", kind="torch-module", quota=20, seed=seed,
-                        fingerprint=False, shrink_budget=3)
-
-
 @pytest.mark.clause("BN-MODE-SWITCH")
-def test_a_module_that_trains_whenever_gradients_are_on_is_a_mode_switch_violation(module_file):
-    rep = _audit(module_file, "GradModeBN", 0)
+def test_a_module_that_trains_whenever_gradients_are_on_is_a_mode_switch_violation(audit_torch_module):
+    rep = audit_torch_module(GRAD_MODE_SWITCHED, "GradModeBN", 0)
     clauses = {v["clause"] for v in rep.violations}
     assert "BN-MODE-SWITCH" in clauses, rep.violations
     v = next(v for v in rep.violations if v["clause"] == "BN-MODE-SWITCH")
@@ -68,6 +55,6 @@ def test_a_module_that_trains_whenever_gradients_are_on_is_a_mode_switch_violati
 
 @pytest.mark.clause("BN-MODE-SWITCH")
 @pytest.mark.parametrize("seed", range(3))
-def test_a_module_switched_by_train_and_eval_conforms(module_file, seed):
-    rep = _audit(module_file, "Follows", seed)
+def test_a_module_switched_by_train_and_eval_conforms(audit_torch_module, seed):
+    rep = audit_torch_module(GRAD_MODE_SWITCHED, "Follows", seed)
     assert not [v for v in rep.violations if v["clause"] == "BN-MODE-SWITCH"], rep.violations

@@ -8,7 +8,6 @@ import textwrap
 import pytest
 
 torch = pytest.importorskip("torch")
-import bnconf  # noqa: E402
 
 MODULES = textwrap.dedent('''
     import torch
@@ -56,21 +55,9 @@ MODULES = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def module_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("state") / "mods.py"
-    path.write_text(MODULES)
-    return path
-
-
-def _audit(module_file, name, seed):
-    return bnconf.audit(f"{module_file}:{name}", "torch", kind="torch-module", quota=20, seed=seed,
-                        fingerprint=False, shrink_budget=3)
-
-
 @pytest.mark.clause("BN-STATE-PERSIST")
-def test_statistics_kept_as_plain_attributes_are_a_state_persistence_violation(module_file):
-    rep = _audit(module_file, "PlainAttributes", 0)
+def test_statistics_kept_as_plain_attributes_are_a_state_persistence_violation(audit_torch_module):
+    rep = audit_torch_module(MODULES, "PlainAttributes", 0)
     clauses = {v["clause"] for v in rep.violations}
     assert clauses == {"BN-STATE-PERSIST"}, rep.violations
     (v,) = rep.violations
@@ -79,8 +66,8 @@ def test_statistics_kept_as_plain_attributes_are_a_state_persistence_violation(m
 
 
 @pytest.mark.clause("BN-STATE-PERSIST")
-def test_buffers_left_out_of_the_state_dict_are_a_state_persistence_violation(module_file):
-    rep = _audit(module_file, "NonPersistentBuffers", 0)
+def test_buffers_left_out_of_the_state_dict_are_a_state_persistence_violation(audit_torch_module):
+    rep = audit_torch_module(MODULES, "NonPersistentBuffers", 0)
     assert {v["clause"] for v in rep.violations} == {"BN-STATE-PERSIST"}, rep.violations
     (v,) = rep.violations
     assert "not part of the saved state" in v["message"] and "stay float32" not in v["message"], v
@@ -88,6 +75,6 @@ def test_buffers_left_out_of_the_state_dict_are_a_state_persistence_violation(mo
 
 @pytest.mark.clause("BN-STATE-PERSIST")
 @pytest.mark.parametrize("seed", range(3))
-def test_registered_buffers_conform(module_file, seed):
-    rep = _audit(module_file, "Buffers", seed)
+def test_registered_buffers_conform(audit_torch_module, seed):
+    rep = audit_torch_module(MODULES, "Buffers", seed)
     assert not rep.violations, rep.violations

@@ -17,7 +17,8 @@ written, including `sqrt(var - eps)`, the old-weight momentum 0.9 and the mode c
 torch.is_grad_enabled(). What it still gets wrong is a finding, not a repair.
 """
 from .._protocol import Implementation, Unsupported, default_capabilities
-from .torch_specimen import CallerHeldState, float64_dtypes, prepare_module, reload_into
+from ..torch_bn import reload_into
+from .torch_specimen import CallerHeldState, float64_dtypes, prepare_module
 
 STATS = ("moving_mean", "moving_var")   # plain tensor attributes in the document's class, not buffers
 SOURCE_DOCUMENT = "seeds/004 (Batch normalization（批归一化）interview notes)"

@@ -3,7 +3,6 @@ gamma, beta and the moving statistics, shaped as the document's own class holds 
 or (1, C, 1, 1); moving mean 0, moving variance 1), and calls the function as written. A
 module is built as written and only moved to the case's dtype and parameters."""
 import contextlib
-import io
 
 import numpy as np
 import torch
@@ -68,16 +67,6 @@ def prepare_module(m, params, stats):
             m.gamma.copy_(torch.as_tensor(params["weight"]).reshape(m.gamma.shape))
             m.beta.copy_(torch.as_tensor(params["bias"]).reshape(m.beta.shape))
     return m
-
-
-def reload_into(m, fresh):
-    """A checkpoint as users write one: torch.save(m.state_dict()), then load_state_dict into a
-    freshly built module of the same class; returns the fresh module (BN-STATE-PERSIST)."""
-    buf = io.BytesIO()
-    torch.save(m.state_dict(), buf)
-    buf.seek(0)
-    fresh.load_state_dict(torch.load(buf))
-    return fresh
 
 
 def float64_dtypes(m, stats):

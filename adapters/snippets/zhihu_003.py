@@ -10,7 +10,8 @@ the convolution branch initialises beta to ONES, biased running variance, inputs
 2 or 4 only.
 """
 from .._protocol import Implementation, Unsupported, default_capabilities
-from .torch_specimen import CallerHeldState, float64_dtypes, prepare_module, reload_into
+from ..torch_bn import reload_into
+from .torch_specimen import CallerHeldState, float64_dtypes, prepare_module
 
 SOURCE_DOCUMENT = "seeds/003 (Batch normalization, LeNet example)"
 CLAIMED_PROFILE = "torch"

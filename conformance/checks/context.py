@@ -10,6 +10,7 @@ import numpy as np
 from bnconf.cases.case import Case
 from bnconf.cases.sync_case import SyncCase
 from bnconf.reference import error_model as tolerance
+from bnconf.reference import oracle
 from bnconf.reference.comparison import Comparison
 
 # a number standing alone (not the 16 of float16): blanked in a deviation's kind
@@ -185,3 +186,14 @@ def _stats_before_eval(ctx):
 def _eval_tracked(ctx):
     """Eval normalizes with running statistics (else with batch statistics: BN-EVAL-BATCH)."""
     return ctx.case.track_running_stats and ctx.profile.momentum_form != "none"
+
+
+def eval_expected(ctx, x, rm, rv, u):
+    """(oracle eval output, its error-model bound) of x normalized with the running statistics
+    (rm, rv), under the conventions the earlier checks measured (ctx.eff): the relation checks
+    that need it (BN-MODE-SWITCH, BN-STATE-PERSIST) must not make another clause's eps finding
+    their own evidence."""
+    m, v = oracle._per_feature(rm, x.ndim, ctx.fa), oracle._per_feature(rv, x.ndim, ctx.fa)
+    y = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.eff.eps_placement)
+    return y, tolerance.y_eval_bound(ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa, u, y,
+                                     _placement(ctx, ctx.eff))

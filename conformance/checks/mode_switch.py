@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnconf.checks.attribution import DISTINCT
-from bnconf.checks.context import Ctx, Outcome, _placement, _stats_before_eval, _trainable_case
+from bnconf.checks.context import Ctx, Outcome, _placement, _stats_before_eval, _trainable_case, eval_expected
 from bnconf.checks.registry import check
 from bnconf.reference import error_model as tolerance
 from bnconf.reference import oracle
@@ -51,19 +51,14 @@ def _update_shows(ctx, before, x, u) -> bool:
 
 
 def _expected(ctx, mode, x, u):
-    """(oracle output, its bound) of x in `mode` on the statistics the main trace left, under the
-    conventions the earlier checks measured (ctx.eff): an eps placement that is another clause's
-    finding must not make this one's evidence."""
-    y_train = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.eff)[0]
-    train = (y_train, tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, y_train,
-                                              _placement(ctx, ctx.eff)))
+    """(oracle output, its bound) of x in `mode` on the statistics the main trace left (ctx.eff)."""
     rm, rv = _stats_before_eval(ctx)
-    if mode == "train" or rm is None:   # no running statistics: eval normalizes as training does
-        return train
-    m, v = oracle._per_feature(rm, x.ndim, ctx.fa), oracle._per_feature(rv, x.ndim, ctx.fa)
-    y = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.eff.eps_placement)
-    return y, tolerance.y_eval_bound(ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa, u, y,
-                                     _placement(ctx, ctx.eff))
+    if mode == "eval" and rm is not None:
+        return eval_expected(ctx, x, rm, rv, u)
+    # training, or eval without running statistics, which normalizes as training does
+    y = oracle.train_forward(x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, ctx.eff)[0]
+    return y, tolerance.y_train_bound(ctx.model, x, ctx.weight, ctx.bias, ctx.eps, ctx.fa, u, y,
+                                      _placement(ctx, ctx.eff))
 
 
 @check("mode_switch", emits=("BN-MODE-SWITCH",))
@@ -78,7 +73,7 @@ def mode_switch(ctx: Ctx):
         return []
     u = ctx.u_out(t.get("eval/y_dtype", case.dtype))
     before = _stats(t, "eval/")
-    problems, worst = [], None
+    problems, worst, deviated = [], None, set()
     for mode, grad in PROBES:
         pre, how = _prefix(mode, grad), f"{'an' if mode == 'eval' else 'a'} {mode}-mode call with gradients " \
                                          f"{'on' if grad else 'off'}"
@@ -95,17 +90,17 @@ def mode_switch(ctx: Ctx):
         after = _stats(t, pre)
         if not cmp.ok and to_other.ratio < cmp.ratio:
             worst = cmp if worst is None else worst
+            deviated.add((mode, grad))
             problems.append(f"{how} gave the other mode's output ({to_other.ratio:.3g}x its bound from the "
                             f"{'batch' if mode == 'eval' else 'running'}-statistics output, {cmp.ratio:.3g}x from "
                             f"the main {mode} call's)")
         if mode == "eval" and not _same(before, after):
+            deviated.add((mode, grad))
             problems.append(f"{how} changed the running statistics")
         if mode == "train" and before is not None and after is not None and _same(before, after) \
                 and _update_shows(ctx, before, x, u):
             problems.append(f"{how} left the running statistics as they were")
         before = after if after is not None else before
     # the grad-off eval agreed and the grad-on one did not: the mode follows the grad mode
-    said = " ".join(problems)
-    measured = {"mode_follows": "grad_mode"} if "eval-mode call with gradients on" in said \
-        and "eval-mode call with gradients off" not in said else {}
+    measured = {"mode_follows": "grad_mode"} if ("eval", True) in deviated and ("eval", False) not in deviated else {}
     return [Outcome("BN-MODE-SWITCH", not problems, worst, "; ".join(problems), measured)]

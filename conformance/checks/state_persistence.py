@@ -1,7 +1,8 @@
 """BN-STATE-PERSIST: the running statistics are part of the layer's saved state and move with it.
 
 The trace calls the trained layer in eval, saves it the framework's way, loads it into a fresh
-layer and calls that in eval on the same batch (state/…), then converts it to float64 the framework's way (convert/…). The loaded
+layer and calls that in eval on the same batch (state/…), then converts it to float64 the
+framework's way (convert/…). The loaded
 layer must hold the very statistics the trained one had (a checkpoint is bytes, so bitwise) and
 give its eval output; after the conversion the statistics must have the parameters' dtype.
 """
@@ -9,20 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnconf.checks.context import Ctx, Outcome, _eval_tracked, _placement, _trainable_case
+from bnconf.checks.context import Ctx, Outcome, _eval_tracked, _trainable_case, eval_expected
 from bnconf.checks.registry import check
-from bnconf.reference import error_model as tolerance
-from bnconf.reference import oracle
 from bnconf.reference.comparison import compare
-
-
-def _eval_bound(ctx, rm, rv):
-    x = ctx.arrays["x_eval"]
-    y = oracle.normalize(x, oracle._per_feature(rm, x.ndim, ctx.fa), oracle._per_feature(rv, x.ndim, ctx.fa), ctx.eps,
-                         ctx.weight, ctx.bias, ctx.fa, ctx.eff.eps_placement)
-    u = ctx.u_out(ctx.trace.get("eval/y_dtype", ctx.case.dtype))
-    return tolerance.y_eval_bound(ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa, u, y,
-                                  _placement(ctx, ctx.eff))
 
 
 @check("state_persistence", emits=("BN-STATE-PERSIST",))
@@ -49,7 +39,8 @@ def state_persistence(ctx: Ctx):
                             f"{np.round(before[1][:3], 4).tolist()}: they are not part of the saved state")
         else:
             cmp = compare(t["state/y"], np.asarray(t["state/before_y"], np.float64),
-                          2 * np.asarray(_eval_bound(ctx, *before)),
+                          2 * np.asarray(eval_expected(ctx, ctx.arrays["x_eval"], *before,
+                                                       ctx.u_out(t.get("eval/y_dtype", ctx.case.dtype)))[1]),
                           "eval output of the loaded layer against the trained one's", key="state/y")
             if not cmp.ok:
                 problems.append("the loaded layer's eval output differs from the trained layer's")

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from bnconf.adapters._protocol import Implementation, Unsupported, default_capabilities
+from bnconf.adapters.torch_bn import reload_into
 from bnconf.adapters.numpy_protocol import (
     CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit, implementation as _numpy_protocol_implementation)
 
@@ -91,14 +92,9 @@ class _TorchModuleInstance:
 
     def reload(self):
         """BN-STATE-PERSIST: torch.save(state_dict()) and load_state_dict into a fresh NAME(num_features)."""
-        torch = self.torch
-        buf = io.BytesIO()
-        torch.save(self.m.state_dict(), buf)
-        buf.seek(0)
         fresh = self._build()
         with _time_limit(self.timeout):
-            fresh.load_state_dict(torch.load(buf))
-        self.m = fresh
+            self.m = reload_into(self.m, fresh)
         self._w, self._b = self._affine()
 
     def to_float64(self):

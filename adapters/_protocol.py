@@ -48,6 +48,16 @@ class Capabilities:
     saved_state: bool = False          # instance.reload(): save the layer's state the framework's way and
                                        # continue with a fresh layer that loaded it; instance.to_float64():
                                        # convert it the framework's way -> {param_dtype, stats_dtype}
+    second_grads: bool = False         # instance.grad_grad(x, dy, v) -> dict(ddx, ddweight, ddy): in training,
+                                       # with L = sum(dy * y) and dx = dL/dx, the gradients of sum(v * dx)
+                                       # with respect to x, gamma and dy (a second backward pass)
+    freeze: bool = False               # instance.freeze(): freeze the layer the framework's way
+                                       # (Keras trainable = False, torch requires_grad_(False))
+    reset_stats: bool = False          # instance.reset_stats(): the framework's reset of the running
+                                       # statistics (torch reset_running_stats())
+    mask: bool = False                 # instance.forward_masked(x, mask, training) -> dict(y): mask is a
+                                       # boolean array broadcastable to x (feature axis of size 1), True
+                                       # where a position counts
     layout_pool: int = 0               # > 0: shapes come from a per-run pool of this many per
                                        # dtype (each new shape is a compile for a JIT framework)
 

@@ -37,7 +37,15 @@ def _eqx_fns():
         def grad_x(model, state, xx, dy, hyper):
             y, vjp, new = jax.vjp(lambda x: fwd(model, state, x, hyper), xx, has_aux=True)
             return y, new, None, vjp(dy.astype(y.dtype))[0]
-        return plain, grad, grad_x
+        @eqx.filter_jit
+        def second(model, state, xx, dy, v, hyper, wb):
+            """jax.grad of sum(v * dx) with respect to (x, dy, (weight, bias)); wb is () without affine."""
+            def outer(x, d, wb):
+                m = eqx.tree_at(lambda mm: (mm.weight, mm.bias), model, wb) if wb else model
+                y, vjp, _ = jax.vjp(lambda xi: fwd(m, state, xi, hyper), x, has_aux=True)
+                return (vjp(d.astype(y.dtype))[0] * v.astype(x.dtype)).sum()
+            return jax.grad(outer, argnums=(0, 1, 2))(xx, dy, wb)
+        return plain, grad, grad_x, second
     return _cached(("equinox",), make)
 
 
@@ -68,7 +76,7 @@ class _Equinox:
             self.bn = eqx.tree_at(lambda m: (m.weight, m.bias), self.bn,
                                   (_arr(params["weight"], _param_dtype(params["dtype"])),
                                    _arr(params["bias"], _param_dtype(params["dtype"]))))
-        self.plain, self.grad, self.grad_x = _eqx_fns()
+        self.plain, self.grad, self.grad_x, self.second = _eqx_fns()
 
     def forward(self, x, training, dy):
         import warnings
@@ -86,6 +94,19 @@ class _Equinox:
         if training:
             self.state = new
         out["y"], out["y_dtype"] = _np(y)
+        return out
+
+    def grad_grad(self, x, dy, v):
+        import warnings
+        dt = self.p["dtype"]
+        wb = (self.bn.weight, self.bn.bias) if self.aff else ()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gx, gdy, gwb = self.second(self.bn, self.state, _arr(x, dt), _arr(dy, dt), _arr(v, dt), self.traced_hyper,
+                                       wb)
+        out = {"ddx": _np(gx)[0], "ddy": _np(gdy)[0]}
+        if self.aff:
+            out["ddweight"] = _np(gwb[0])[0].reshape(-1)
         return out
 
     def running_stats(self):
@@ -110,8 +131,8 @@ def _build(cls, *a):
 
 def implementations():
     return [
-        Implementation("equinox.nn.BatchNorm[mode=ema]", "flax", caps(feature_axes=("first",)),
+        Implementation("equinox.nn.BatchNorm[mode=ema]", "flax", caps(feature_axes=("first",), second_grads=True),
                        _build(_Equinox, "ema"), versions, devices, FAMILY),
-        Implementation("equinox.nn.BatchNorm[mode=batch]", "haiku", caps(feature_axes=("first",)),
+        Implementation("equinox.nn.BatchNorm[mode=batch]", "haiku", caps(feature_axes=("first",), second_grads=True),
                        _build(_Equinox, "batch"), versions, devices, FAMILY),
     ]

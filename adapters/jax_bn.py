@@ -88,12 +88,29 @@ def _hyper(params, cls, eps_name="epsilon", mom_name="momentum"):
     return tuple(sorted(kw)), kw
 
 
+class _Grad:
+    """The compiled backward pass, called as grad(prm, state, x, dy, hyper, training), and
+    .second(prm, state, x, dy, v, hyper): jax.grad of sum(v * dx) with respect to (x, dy, prm),
+    dx the training gradient, as JAX users take second derivatives."""
+
+    def __init__(self, jax, fwd):
+        def run(prm, state, xx, dy, hyper, training):
+            y, vjp, new = jax.vjp(lambda p, x: fwd(p, state, x, hyper, training), prm, xx, has_aux=True)
+            gp, gx = vjp(dy.astype(y.dtype))
+            return y, new, gp, gx
+
+        def second(prm, state, xx, dy, v, hyper):
+            def outer(x, d, p):
+                return (run(p, state, x, d, hyper, True)[3] * v.astype(x.dtype)).sum()
+            return jax.grad(outer, argnums=(0, 1, 2))(xx, dy, prm)
+        self.run, self.second = jax.jit(run, static_argnums=5), jax.jit(second)
+
+    def __call__(self, *a):
+        return self.run(*a)
+
+
 def _with_grad(jax, fwd):
-    def run(prm, state, xx, dy, hyper, training):
-        y, vjp, new = jax.vjp(lambda p, x: fwd(p, state, x, hyper, training), prm, xx, has_aux=True)
-        gp, gx = vjp(dy.astype(y.dtype))
-        return y, new, gp, gx
-    return jax.jit(run, static_argnums=5)
+    return _Grad(jax, fwd)
 
 
 class _Functional:
@@ -112,6 +129,22 @@ class _Functional:
         if training:
             self.state = new
         out["y"], out["y_dtype"] = _np(y)
+        return out
+
+    def forward_masked(self, x, mask, training):
+        """Flax's mask= (broadcastable to x, True where a position counts), on a training call."""
+        if not training:
+            raise Unsupported("the mask is given to training calls")
+        y, self.state = self.masked(self.prm, self.state, _arr(x, self.p["dtype"]), _jax().device_put(mask),
+                                    self.hyper)
+        return {"y": _np(y)[0]}
+
+    def grad_grad(self, x, dy, v):
+        dt = self.p["dtype"]
+        gx, gdy, gp = self.grad.second(self.prm, self.state, _arr(x, dt), _arr(dy, dt), _arr(v, dt), self.hyper)
+        out = {"ddx": _np(gx)[0], "ddy": _np(gdy)[0]}
+        if self.p["affine"] != "off" and self.w_path is not None:
+            out["ddweight"] = _np(self.w_path(gp))[0].reshape(-1)
         return out
 
     def counter(self):
@@ -154,8 +187,13 @@ class _Linen(_Functional):
                     y, upd = bn.apply(v, xx, use_running_average=False, mutable=["batch_stats"])
                     return y, upd["batch_stats"]
                 return bn.apply(v, xx, use_running_average=True), stats
-            return jax.jit(fwd, static_argnums=4), _with_grad(jax, fwd)
-        self.plain, self.grad = _cached(cfg, make)
+
+            def masked(prm, stats, xx, mask, hyper):
+                y, upd = layer(**hyper).apply({"params": prm, "batch_stats": stats}, xx, use_running_average=False,
+                                              mask=mask, mutable=["batch_stats"])
+                return y, upd["batch_stats"]
+            return jax.jit(fwd, static_argnums=4), _with_grad(jax, fwd), jax.jit(masked)
+        self.plain, self.grad, self.masked = _cached(cfg, make)
         def init():
             import flax.linen as nn  # a channels-last layer: same (C,) variables, one probe shape
             return nn.BatchNorm(use_running_average=None, axis=-1, use_bias=aff, use_scale=aff,
@@ -193,7 +231,7 @@ class _Nnx(_Functional):
                                param_dtype=cfg[4], rngs=nnx.Rngs(0))
             graphdef, p_tmpl, s_tmpl = nnx.split(bn, nnx.Param, ...)
 
-            def fwd(prm, state, xx, hyper, training):
+            def call(prm, state, xx, hyper, training, mask):
                 ps, ss = jax.tree.map(lambda a: a, p_tmpl), jax.tree.map(lambda a: a, s_tmpl)
                 nnx.replace_by_pure_dict(ps, prm)
                 nnx.replace_by_pure_dict(ss, state)
@@ -201,11 +239,17 @@ class _Nnx(_Functional):
                 for k, v in hyper.items():
                     setattr(m, k, v)
                 m.train() if training else m.eval()
-                y = m(xx)
+                y = m(xx, mask=mask)
                 return y, nnx.split(m, nnx.Param, ...)[2].to_pure_dict()
+
+            def fwd(prm, state, xx, hyper, training):
+                return call(prm, state, xx, hyper, training, None)
+
+            def masked(prm, state, xx, mask, hyper):
+                return call(prm, state, xx, hyper, True, mask)
             return (p_tmpl.to_pure_dict(), s_tmpl.to_pure_dict()), jax.jit(fwd, static_argnums=4), \
-                _with_grad(jax, fwd)
-        (self.prm, self.state), self.plain, self.grad = _cached(cfg, make)
+                _with_grad(jax, fwd), jax.jit(masked)
+        (self.prm, self.state), self.plain, self.grad, self.masked = _cached(cfg, make)
         if params["affine"] == "random":
             self.prm = {"scale": _arr(params["weight"], cfg[4]), "bias": _arr(params["bias"], cfg[4])}
 
@@ -335,12 +379,14 @@ def caps(**over):
 
 def implementations():
     return [
-        Implementation("flax.linen.BatchNorm", "flax", caps(), _build(_Linen), versions, devices, FAMILY),
-        Implementation("flax.nnx.BatchNorm", "flax", caps(), _build(_Nnx), versions, devices, FAMILY),
+        Implementation("flax.linen.BatchNorm", "flax", caps(second_grads=True, mask=True), _build(_Linen), versions,
+                       devices, FAMILY),
+        Implementation("flax.nnx.BatchNorm", "flax", caps(second_grads=True, mask=True), _build(_Nnx), versions,
+                       devices, FAMILY),
         Implementation("jax.example_libraries.stax.BatchNorm", "stax",
                        caps(running_stats=False, explicit_momentum=False, default_momentum=False,
-                            eval_batch_stats=True),
+                            eval_batch_stats=True, second_grads=True),
                        _build(_Stax), versions, devices, FAMILY),
-        Implementation("haiku.BatchNorm", "haiku", caps(default_momentum=False), _build(_Haiku), versions, devices,
-                       FAMILY),
+        Implementation("haiku.BatchNorm", "haiku", caps(default_momentum=False, second_grads=True), _build(_Haiku),
+                       versions, devices, FAMILY),
     ]

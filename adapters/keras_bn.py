@@ -115,6 +115,62 @@ class _Instance:
             out["dweight"], out["dbias"] = _np(b, g[1])[0], _np(b, g[2])[0]
         return out
 
+    def grad_grad(self, x, dy, v):
+        """dx = d sum(dy * y)/dx of the training call, then the gradients of sum(v * dx) with respect
+        to x, dy and gamma, with the backend's own nested autodiff."""
+        layer, b, dt = self.layer, self.backend, self.params["dtype"]
+        xt = _to_backend(b, x, dt)
+        dyt, vt = (_to_backend(b, a, "float64" if dt == "float64" else "float32") for a in (dy, v))
+        tv = [w.value for w in layer.trainable_variables]
+        ntv = [w.value for w in layer.non_trainable_variables]
+        if b == "tensorflow":
+            import tensorflow as tf
+            tvt = [tf.convert_to_tensor(w) for w in tv]
+            with tf.GradientTape() as outer:
+                outer.watch([xt, dyt] + tvt)
+                with tf.GradientTape() as inner:
+                    inner.watch(xt)
+                    y, _ = layer.stateless_call(tvt, ntv, xt, training=True)
+                    loss = tf.reduce_sum(tf.cast(y, dyt.dtype) * dyt)
+                gx = inner.gradient(loss, xt)
+                f = tf.reduce_sum(tf.cast(gx, vt.dtype) * vt)
+            g = outer.gradient(f, [xt, dyt] + tvt)
+        elif b == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            def dx(xx, d, tvv):
+                return jax.grad(lambda x_: jnp.sum(layer.stateless_call(tvv, ntv, x_, training=True)[0]
+                                                   .astype(d.dtype) * d))(xx)
+            g = jax.grad(lambda xx, d, tvv: jnp.sum(dx(xx, d, tvv).astype(vt.dtype) * vt),
+                         argnums=(0, 1, 2))(xt, dyt, tv)
+            g = [g[0], g[1]] + list(g[2])
+        else:
+            import torch
+            xg, dg = xt.clone().requires_grad_(True), dyt.clone().requires_grad_(True)
+            tvt = [w.detach().clone().requires_grad_(True) for w in tv]
+            y, _ = layer.stateless_call(tvt, ntv, xg, training=True)
+            gx, = torch.autograd.grad((y.to(dg.dtype) * dg).sum(), xg, create_graph=True)
+            g = torch.autograd.grad((gx.to(vt.dtype) * vt).sum(), [xg, dg] + tvt, allow_unused=True)
+            g = [torch.zeros_like(w) if a is None else a for a, w in zip(g, [xg, dg] + tvt)]
+        out = {"ddx": _np(b, g[0])[0], "ddy": _np(b, g[1])[0]}
+        if len(g) == 4:  # [gamma, beta] in Keras' variable order
+            out["ddweight"] = _np(b, g[2])[0]
+        return out
+
+    def freeze(self):
+        """The Keras fine-tuning freeze."""
+        self.layer.trainable = False
+
+    def forward_masked(self, x, mask, training):
+        """Keras takes a mask of one dimension less than the input and expands it on the last
+        axis (BatchNormalization._moments): a per-position mask exists for channels last only."""
+        if self.params["feature_axis"] != self.params["rank"] - 1:
+            raise Unsupported("keras BatchNormalization expands the mask on the last axis: channels last only")
+        m = _to_backend(self.backend, np.asarray(mask)[..., 0].astype(np.float32), "float32")
+        y = self.layer(_to_backend(self.backend, x, self.params["dtype"]), training=training, mask=m)
+        return {"y": _np(self.backend, y)[0]}
+
     def running_stats(self):
         return (_np(self.backend, self.layer.moving_mean.value)[0],
                 _np(self.backend, self.layer.moving_variance.value)[0])
@@ -159,7 +215,8 @@ def implementations():
     out = []
     for backend, family in BACKEND_FAMILY.items():
         # on the jax backend every eager op compiles once per input shape: a finite layout pool
-        caps = default_capabilities(**({"layout_pool": 4} if backend == "jax" else {}))
+        caps = default_capabilities(second_grads=True, freeze=True, mask=True,
+                                    **({"layout_pool": 4} if backend == "jax" else {}))
         out.append(Implementation(f"keras.layers.BatchNormalization[{backend}]", "keras", caps, _build(backend),
                                   _versions(backend), _devices(backend), family))
     return out

@@ -35,6 +35,26 @@ def _affine(params):
     return _t(np.ones(c), pd), _t(np.zeros(c), pd)
 
 
+def _grad_grad(call, params, x, dy, v, with_weight):
+    """Nested tapes, as TF users take second derivatives: dx = d sum(dy * y)/dx recorded by an
+    outer tape, then the gradients of sum(v * dx) with respect to x, dy and gamma."""
+    tf = _tf()
+    xt = _t(x, params["dtype"])
+    w, b = _affine(params)
+    dyt, vt = tf.constant(np.asarray(dy, np.float64)), tf.constant(np.asarray(v, np.float64))
+    with tf.GradientTape() as outer:
+        outer.watch([xt, dyt, w])
+        with tf.GradientTape() as inner:
+            inner.watch(xt)
+            loss = tf.reduce_sum(tf.cast(call(xt, w, b), tf.float64) * dyt)
+        f = tf.reduce_sum(tf.cast(inner.gradient(loss, xt), tf.float64) * vt)
+    gx, gdy, gw = outer.gradient(f, [xt, dyt, w], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    out = {"ddx": _np(gx)[0], "ddy": _np(gdy)[0]}
+    if with_weight:
+        out["ddweight"] = _np(gw)[0]
+    return out
+
+
 class _MomentsInstance:
     """The stateless pair: no running statistics and no eval mode of its own."""
 
@@ -51,15 +71,9 @@ class _MomentsInstance:
         p = self.params
         xt = _t(x, p["dtype"])
         w, b = _affine(p)
-        axes = [a for a in range(p["rank"]) if a != p["feature_axis"]]
-        shape = [1] * p["rank"]
-        shape[p["feature_axis"]] = -1
         with tf.GradientTape() as tape:
             tape.watch([xt, w, b])
-            mean, var = tf.nn.moments(xt, axes=axes, keepdims=True)
-            scale = None if self.off else tf.cast(tf.reshape(w, shape), xt.dtype)
-            offset = None if self.off else tf.cast(tf.reshape(b, shape), xt.dtype)
-            y = tf.nn.batch_normalization(xt, mean, var, offset, scale, float(p["eps"]))
+            y = self._y(xt, w, b)
             loss = tf.reduce_sum(tf.cast(y, tf.float64) * tf.constant(np.asarray(dy if dy is not None else 0, np.float64)))
         out = dict(zip(("y", "y_dtype"), _np(y)))
         if dy is not None:
@@ -68,6 +82,19 @@ class _MomentsInstance:
             if not self.off:
                 out["dweight"], out["dbias"] = _np(gw)[0], _np(gb)[0]
         return out
+
+    def _y(self, xt, w, b):
+        tf, p = _tf(), self.params
+        axes = [a for a in range(p["rank"]) if a != p["feature_axis"]]
+        shape = [1] * p["rank"]
+        shape[p["feature_axis"]] = -1
+        mean, var = tf.nn.moments(xt, axes=axes, keepdims=True)
+        scale = None if self.off else tf.cast(tf.reshape(w, shape), xt.dtype)
+        offset = None if self.off else tf.cast(tf.reshape(b, shape), xt.dtype)
+        return tf.nn.batch_normalization(xt, mean, var, offset, scale, float(p["eps"]))
+
+    def grad_grad(self, x, dy, v):
+        return _grad_grad(self._y, self.params, x, dy, v, not self.off)
 
     def running_stats(self):
         return None
@@ -118,6 +145,11 @@ class _FusedInstance:
             self.rm, self.rv = m, v
         return out
 
+    def grad_grad(self, x, dy, v):
+        tf = _tf()
+        return _grad_grad(lambda xt, w, b: tf.compat.v1.nn.fused_batch_norm(
+            xt, w, b, mean=self.rm, variance=self.rv, is_training=True, **self._kw())[0], self.params, x, dy, v, True)
+
     def running_stats(self):
         return _np(self.rm)[0], _np(self.rv)[0]
 
@@ -166,10 +198,11 @@ def implementations():
     return [
         Implementation("tf.nn.batch_normalization", "keras",
                        default_capabilities(running_stats=False, default_eps=False, default_momentum=False,
-                                            explicit_momentum=False, default_init=False),
+                                            explicit_momentum=False, default_init=False, second_grads=True),
                        _cpu_only(_MomentsInstance), versions, devices, FAMILY),
         Implementation("tf.compat.v1.nn.fused_batch_norm", "tf-fused",
-                       default_capabilities(ranks=(4, 5), dtypes=low, affine_off=False, default_init=False),
+                       default_capabilities(ranks=(4, 5), dtypes=low, affine_off=False, default_init=False,
+                                            second_grads=True),
                        _cpu_only(_FusedInstance), versions, devices, FAMILY),
         Implementation("tf.compat.v1.layers.batch_normalization", "keras", default_capabilities(),
                        _v1_layers_build, _v1_layers_versions, devices, FAMILY),

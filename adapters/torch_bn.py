@@ -56,6 +56,24 @@ def _kwargs(params):
     return kw
 
 
+def grad_grad(call, x, dy, v, weight, dtype, device):
+    """Two backward passes as users write them: dx = grad(sum(dy * y), x, create_graph=True),
+    then the gradients of sum(v * dx) with respect to x, gamma and dy. call(xt) -> y."""
+    torch = _torch()
+    xt = _tensor(x, dtype, device).requires_grad_(True)
+    dyt = _tensor(dy, dtype, device).requires_grad_(True)
+    y = call(xt)
+    dx, = torch.autograd.grad((y * dyt).sum(), xt, create_graph=True)
+    leaves = [xt, dyt] + ([weight] if weight is not None and weight.requires_grad else [])
+    got = torch.autograd.grad((dx * _tensor(v, dtype, device)).sum(), leaves, allow_unused=True)
+    # None: the second pass does not depend on that leaf at all, a zero derivative
+    got = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(got, leaves)]
+    out = {"ddx": _to_np(got[0])[0], "ddy": _to_np(got[1])[0]}
+    if len(leaves) > 2:
+        out["ddweight"] = _to_np(got[2])[0]
+    return out
+
+
 class _ModuleInstance:
     def __init__(self, cls_name, params, device):
         torch = _torch()
@@ -100,10 +118,27 @@ class _ModuleInstance:
         if dy is not None:
             (y * _tensor(dy, self.params["dtype"], self.device)).sum().backward()
             out["dx"] = _to_np(xt.grad)[0]
-            if self.m.weight is not None:
+            if self.m.weight is not None and self.m.weight.requires_grad:
                 out["dweight"] = _to_np(self.m.weight.grad)[0]
                 out["dbias"] = _to_np(self.m.bias.grad)[0]
         return out
+
+    def grad_grad(self, x, dy, v):
+        torch = _torch()
+        self.m.train(True)
+
+        def call(xt):
+            if self.memory_format == "channels_last":
+                xt = xt.contiguous(memory_format=torch.channels_last if xt.dim() == 4 else torch.channels_last_3d)
+            return self.m(xt)
+        return grad_grad(call, x, dy, v, self.m.weight, self.params["dtype"], self.device)
+
+    def freeze(self):
+        """What freezing means to torch users: the parameters stop requiring gradients."""
+        self.m.requires_grad_(False)
+
+    def reset_stats(self):
+        self.m.reset_running_stats()
 
     def forward_under(self, x, training, grad_enabled):
         """The module switched by .train()/.eval() alone, with the grad mode set around the call."""
@@ -162,6 +197,12 @@ class _FunctionalInstance:
             t.requires_grad_(False)
         return out
 
+    def grad_grad(self, x, dy, v):
+        F = _torch().nn.functional
+        w = None if self.w is None else self.w.detach().clone().requires_grad_(True)
+        return grad_grad(lambda xt: F.batch_norm(xt, self.rm, self.rv, w, self.b, training=True, **_kwargs(self.params)),
+                         x, dy, v, w, self.params["dtype"], self.device)
+
     def forward_under(self, x, training, grad_enabled):
         """training= alone chooses the mode; the grad mode is set around the call."""
         torch = _torch()
@@ -201,7 +242,7 @@ def _module(cls_name, ranks, channels_last):
         return _ModuleInstance(cls_name, params, device)
     caps = default_capabilities(ranks=ranks, feature_axes=("first",), momentum_none=True,
                                 no_running_stats=True, channels_last_memory=channels_last, ambient_grad_mode=True,
-                                saved_state=True)
+                                saved_state=True, second_grads=True, freeze=True, reset_stats=True)
     return Implementation(f"torch.nn.{cls_name}", "torch", caps, build, versions, devices, FAMILY)
 
 
@@ -213,7 +254,7 @@ def _functional():
     # without running statistics F.batch_norm has no eval mode: "running_mean must be defined in
     # evaluation mode" (a caller passes training=True)
     caps = default_capabilities(feature_axes=("first",), no_running_stats=True, default_init=False,
-                                eval_without_stats=False, ambient_grad_mode=True)
+                                eval_without_stats=False, ambient_grad_mode=True, second_grads=True)
     return Implementation("torch.nn.functional.batch_norm", "torch", caps, build, versions, devices, FAMILY)
 
 

@@ -157,7 +157,25 @@ def materialize(case: Case) -> dict[str, np.ndarray]:
                 sub = x[_channel_index(case, c)]
                 sub.flat[rng.integers(sub.size)] = np.nan if case.special == "nan" else np.inf
                 x[_channel_index(case, c)] = sub
+    arrays.update(second_order_arrays(case))
     return arrays
+
+
+def second_order_arrays(case: Case) -> dict[str, np.ndarray]:
+    """v_train, the direction of BN-GRAD-GRAD's second backward pass, and `mask`, BN-MASK's
+    positions (broadcast over the feature axis; True counts; at least two kept and one masked,
+    so only where a channel has three positions or more). From their own generator: the
+    arrays above are the same with or without them."""
+    rng = np.random.default_rng([case.seed, 2])
+    out = {"v_train": cast(rng.standard_normal(case.shape), case.dtype)}
+    shape = tuple(1 if a == case.feature_axis else d for a, d in enumerate(case.shape))
+    positions = int(np.prod(shape))
+    if positions >= 3:
+        order = rng.permutation(positions)
+        keep = np.zeros(positions, bool)
+        keep[order[: int(rng.integers(2, positions))]] = True
+        out["mask"] = keep.reshape(shape)
+    return out
 
 
 def channel_kappa(x: np.ndarray, feature_axis: int) -> np.ndarray:

@@ -18,6 +18,9 @@ from bnconf.checks import degenerate_batches
 from bnconf.checks import relations
 from bnconf.checks import mode_switch
 from bnconf.checks import state_persistence
+from bnconf.checks import second_order
+from bnconf.checks import freezing
+from bnconf.checks import masking
 
 FAMILIES = (forward, running_statistics, evaluation, gradients, purity_and_dtype, degenerate_batches, relations, mode_switch,
-            state_persistence)
+            state_persistence, second_order, freezing, masking)

@@ -42,7 +42,7 @@ def _y_train_cmp(ctx, profile, model, eps, skip_constant=False):
        "default_eps", "constant_channel", "nonfinite_confined",
        emits=("BN-NORMALIZE", "BN-VAR-BIASED", "BN-EPS-INSIDE", "BN-AFFINE", "BN-AFFINE-OFF", "BN-DTYPE-ACCUM",
               "BN-DTYPE-F64", "BN-VAR-STABLE", "BN-DEFAULT-EPS", "BN-CONSTANT-CHANNEL", "BN-NONFINITE-CONFINED",
-              "BN-AXES"))
+              "BN-AXES", "BN-INIT"))
 def y_train(ctx: Ctx):
     if not _trainable_case(ctx):
         return []

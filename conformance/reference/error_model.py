@@ -149,12 +149,17 @@ def _gb(weight, bias, ndim, feature_axis):
 
 
 def y_train_bound(model, x, weight, bias, eps, feature_axis, u_out, y_expected, placement="inside_sqrt",
-                  reduction="all_but_feature_axis"):
+                  reduction="all_but_feature_axis", rows=None):
     """Allowed |y - y_oracle| in training (BN-MEAN, BN-VAR-BIASED, BN-EPS-INSIDE, BN-AFFINE);
     `placement` and `reduction`: those of the profile the oracle was computed under (statistics
-    over the batch axis alone are as ill-conditioned as each position's few values make them)."""
+    over the batch axis alone are as ill-conditioned as each position's few values make them).
+    rows: the (n, C) rows the statistics are of, when not all of x (BN-MASK, oracle.kept_rows)."""
     x = np.asarray(x, np.float64)
-    mean, var, n = oracle.batch_stats(x, feature_axis, reduction)
+    if rows is None:
+        mean, var, n = oracle.batch_stats(x, feature_axis, reduction)
+    else:
+        mean, var, n = oracle.batch_stats(rows, 1)
+        mean, var = (oracle._per_feature(a, x.ndim, feature_axis) for a in (mean, var))
     e_mu, e_var = stats_error(model, mean, var, n)
     dxh = xhat_error(model, x, mean, var, eps, e_mu, e_var, placement)
     g, b = _gb(weight, bias, x.ndim, feature_axis)
@@ -249,3 +254,49 @@ def grads_eval_bound(model, x, dy, weight, run_mean, run_var, eps, feature_axis,
     dg_b = S * gr * u * (dy * x_hat).sum(axis=axes) + (dy * dxh).sum(axis=axes) + rounding(u_out, np.abs(dg_exp))
     db_b = S * gr * u * dy.sum(axis=axes) + rounding(u_out, np.abs(db_exp))
     return dx_b, dg_b.reshape(-1), db_b.reshape(-1)
+
+
+def grads_second_bound(model, x, dy, v, weight, eps, feature_axis, u_out, expected):
+    """Allowed error of (ddx, ddgamma, ddy) of BN-GRAD-GRAD, the oracle's closed form
+    (oracle.grads_second_train) propagated to first order: each sum carries g(n) roundings of
+    its terms' magnitudes, b = sum dy x_hat and w = sum v x_hat also carry x_hat's own error,
+    s^2 its relative error e_var/(var + eps), and each product and difference one rounding of
+    its operands' magnitudes. ddy has dx's form with dy -> v, hence dx's bound."""
+    x = np.asarray(x, np.float64)
+    dy, v = np.asarray(dy, np.float64), np.asarray(v, np.float64)
+    axes = oracle.reduce_axes(x.ndim, feature_axis)
+    mean, var, n = oracle.batch_stats(x, feature_axis)
+    e_mu, e_var = stats_error(model, mean, var, n)
+    dxh = xhat_error(model, x, mean, var, eps, e_mu, e_var)
+    s2 = 1.0 / (var + eps)
+    xh = (x - mean) * np.sqrt(s2)
+    g, _ = _gb(weight, None, x.ndim, feature_axis)
+    S, u, gr = model.safety, model.u_c, model.growth(n)
+
+    def total(t):
+        return t.sum(axis=axes, keepdims=True)
+
+    def err_total(t):   # the rounding of a sum of n terms
+        return S * gr * u * total(np.abs(t))
+    a, b, c, V, w = total(dy), total(dy * xh), total(v * dy), total(v), total(v * xh)
+    e_a, e_V, e_c = err_total(dy), err_total(v), err_total(v * dy)
+    e_b = err_total(dy * xh) + total(np.abs(dy) * dxh)
+    e_w = err_total(v * xh) + total(np.abs(v) * dxh)
+    A, B, W, Vv = np.abs(a), np.abs(b), np.abs(w), np.abs(V)
+    p = c - a * V / n - b * w / n
+    mag_p = np.abs(c) + A * Vv / n + B * W / n
+    e_p = e_c + (e_a * Vv + A * e_V + e_b * W + B * e_w) / n + 3 * S * u * mag_p
+    q, mag_q = dy - a / n - b * xh / n, np.abs(dy) + A / n + B * np.abs(xh) / n
+    e_q = (e_a + e_b * np.abs(xh) + B * dxh) / n + 3 * S * u * mag_q
+    r, mag_r = v - V / n - w * xh / n, np.abs(v) + Vv / n + W * np.abs(xh) / n
+    e_r = (e_V + e_w * np.abs(xh) + W * dxh) / n + 3 * S * u * mag_r
+    terms = np.abs(xh * p) + np.abs(w * q) + np.abs(b * r)
+    e_terms = dxh * np.abs(p) + np.abs(xh) * e_p + e_w * np.abs(q) + W * e_q + e_b * np.abs(r) + B * e_r
+    rel_s2 = e_var * s2 + 2 * S * u
+    ddx_exp, ddg_exp, ddy_exp = expected
+    ddx_b = (g * s2 / n * (e_terms + 3 * S * u * terms + rel_s2 * terms)
+             + rounding(u_out, np.abs(ddx_exp)))
+    s = np.sqrt(s2)
+    ddg_b = s * (e_p + np.abs(p) * (rel_s2 / 2 + S * u)) + rounding(u_out, np.abs(ddg_exp).reshape(e_p.shape))
+    ddy_b = grads_train_bound(model, x, v, weight, eps, feature_axis, u_out, (ddy_exp, 0.0, 0.0))[0]
+    return ddx_b, ddg_b.reshape(-1), ddy_b

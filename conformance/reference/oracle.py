@@ -116,3 +116,45 @@ def grads_eval(x, dy, weight, mean, var, eps, feature_axis):
     g = 1.0 if weight is None else _per_feature(weight, x.ndim, feature_axis)
     x_hat = (x - m) / np.sqrt(v + eps)
     return g * dy / np.sqrt(v + eps), (dy * x_hat).sum(axis=axes), dy.sum(axis=axes)
+
+
+def grads_second_train(x, dy, v, weight, eps, feature_axis):
+    """BN-GRAD-GRAD: the derivatives of F = sum(v * dx), dx the training gradient of
+    L = sum(dy * y) (grads_train), with respect to x, gamma and dy. Per channel, with
+    a = sum dy, b = sum dy x_hat, c = sum v dy, V = sum v, w = sum v x_hat, s = invstd:
+      dF/dx_k  = -gamma s^2 / N [x_hat_k (c - aV/N - bw/N) + w (dy_k - a/N - b x_hat_k/N)
+                                 + b (v_k - V/N - w x_hat_k/N)]
+      dF/dgamma = s (c - aV/N - bw/N)
+      dF/ddy_k = gamma s / N (N v_k - V - x_hat_k w)   (the first-order dx with dy -> v)."""
+    x, dy, v = (np.asarray(a, np.float64) for a in (x, dy, v))
+    axes = reduce_axes(x.ndim, feature_axis)
+    mean, var, n = batch_stats(x, feature_axis)
+    s = 1.0 / np.sqrt(var + eps)
+    x_hat = (x - mean) * s
+    g = 1.0 if weight is None else _per_feature(weight, x.ndim, feature_axis)
+
+    def total(t):
+        return t.sum(axis=axes, keepdims=True)
+    a, b, c, V, w = total(dy), total(dy * x_hat), total(v * dy), total(v), total(v * x_hat)
+    p = c - a * V / n - b * w / n
+    ddx = -g * s * s / n * (x_hat * p + w * (dy - a / n - b * x_hat / n) + b * (v - V / n - w * x_hat / n))
+    return ddx, (s * p).reshape(-1), grads_train(x, v, weight, eps, feature_axis)[0]
+
+
+def kept_rows(x, mask, feature_axis):
+    """BN-MASK: the unmasked positions of x as rows of an (n_kept, C) array; mask is
+    broadcastable to x with the feature axis of size 1, True where a position counts."""
+    x = np.asarray(x, np.float64)
+    keep = np.moveaxis(np.broadcast_to(mask, x.shape), feature_axis % x.ndim, -1)[..., 0]
+    return np.moveaxis(x, feature_axis % x.ndim, -1)[keep]
+
+
+def masked_train_forward(x, mask, weight, bias, eps, feature_axis, profile):
+    """BN-MASK: Algorithm 1 with the statistics of the unmasked positions, every position
+    normalized with them; returns (y, flat mean, flat var, n kept)."""
+    x = np.asarray(x, np.float64)
+    mean, var, n = batch_stats(kept_rows(x, mask, feature_axis), 1)
+    norm_var = var * n / (n - 1) if profile.normalize_variance == "unbiased" else var
+    m, v = _per_feature(mean, x.ndim, feature_axis), _per_feature(norm_var, x.ndim, feature_axis)
+    return normalize(x, m, v, eps, weight, bias, feature_axis, profile.eps_placement), mean.reshape(-1), \
+        var.reshape(-1), n

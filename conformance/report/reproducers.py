@@ -38,7 +38,7 @@ if __name__ == "__main__":
              for e in meta["extra"]]
     post = [(name, data["p/" + name]) for name in meta["post"]]
     out = run_trace(impl, params, arrays, meta["steps"], meta["device"], grads=meta["grads"], extra=extra, post=post,
-                    ambient=meta.get("ambient", False), saved_state=meta.get("saved_state", False))
+                    probes=tuple(meta.get("probes", ())))
     print(meta["said"])
     if "error" in out:
         print("the call raised:", out["error"]["type"], "-", out["error"]["message"])
@@ -158,8 +158,7 @@ def write(root: Path, impl, device: str, clause, case, outcome, run_case_fn) -> 
         "case": case.to_json(), "params": meta_params, "steps": case.steps, "grads": case.grads,
         "extra": [{"name": n, "mode": m, "params": {k: v for k, v in (o or {}).items() if not k.startswith("_")}}
                   for n, m, _, o in extra],
-        "post": [n for n, _ in post], "ambient": bool(impl.capabilities.ambient_grad_mode),
-        "saved_state": bool(impl.capabilities.saved_state),
+        "post": [n for n, _ in post], "probes": list(trace_mod.probes_for(impl.capabilities)),
         "key": cmp.key if cmp is not None and cmp.expected_array is not None else "",
         "said": _said(impl, device, clause, case, outcome),
     }

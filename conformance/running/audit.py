@@ -24,7 +24,7 @@ from bnconf.checks.relations import post_eval_inputs, relation_inputs
 from bnconf.running.explore import aimed_strategies, explore
 from bnconf.running.shrink import candidates, greedy_shrink, pool_candidates
 from bnconf.running.tally import AuditResult
-from bnconf.running.trace import run_trace
+from bnconf.running.trace import probes_for, run_trace
 
 # Cases per clause per implementation (the fast tier), and the cap on all cases as a
 # multiple of it: a clause the scheduler cannot reach never makes a run endless.
@@ -58,7 +58,7 @@ def run_case(impl, case: Case, device: str):
         extra.append((name, mode, x, dict(params, **passed) if passed else None))
     post = post_eval_inputs(case, arrays)
     trace = run_trace(impl, params, arrays, case.steps, device, grads=case.grads, extra=extra, post=post,
-                      ambient=impl.capabilities.ambient_grad_mode, saved_state=impl.capabilities.saved_state)
+                      probes=probes_for(impl.capabilities))
     return arrays, params, trace, relations, post
 
 

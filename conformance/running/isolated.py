@@ -266,6 +266,15 @@ class _Instance:
     def to_float64(self):
         return self._run("to_float64", (), "conversion to float64")[0]
 
+    def grad_grad(self, x, dy, v):
+        return self._run("grad_grad", (x, dy, v), "second backward pass")[0]
+
+    def freeze(self):
+        return self._run("freeze", (), "freezing")[0]
+
+    def reset_stats(self):
+        return self._run("reset_stats", (), "reset of the running statistics")[0]
+
     def _stat(self, i: int):
         if self.stats is None:
             self._run(*(() if self.unsent or self.failure else ("stats", (), "running_stats")))

@@ -231,6 +231,18 @@ class _Server:
         entry = self.instances[hid]
         return entry[0].to_float64(), {}, self._stats(entry[0])
 
+    def op_grad_grad(self, hid: int, x, dy, v) -> tuple:
+        entry = self.instances[hid]
+        return entry[0].grad_grad(x, dy, v), {}, self._stats(entry[0])
+
+    def op_freeze(self, hid: int) -> tuple:
+        entry = self.instances[hid]
+        return entry[0].freeze(), {}, self._stats(entry[0])
+
+    def op_reset_stats(self, hid: int) -> tuple:
+        entry = self.instances[hid]
+        return entry[0].reset_stats(), {}, self._stats(entry[0])
+
     def op_forward(self, hid: int, x, training, dy) -> tuple:
         entry = self.instances[hid]
         args = {"x": x, "dy": dy}

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from bnconf.adapters._protocol import Implementation, Unsupported, default_capabilities
-from bnconf.adapters.torch_bn import reload_into
+from bnconf.adapters.torch_bn import grad_grad as torch_grad_grad, reload_into
 from bnconf.adapters.numpy_protocol import (
     CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit, implementation as _numpy_protocol_implementation)
 
@@ -134,8 +134,9 @@ class _TorchModuleInstance:
         if dy is not None and training:
             (y * torch.as_tensor(dy)).sum().backward()
             out["dx"] = xt.grad.numpy().copy()
-            out["dweight"] = self._w.grad.detach().numpy().reshape(-1).copy()
-            out["dbias"] = self._b.grad.detach().numpy().reshape(-1).copy()
+            if self._w.requires_grad:   # frozen (BN-FREEZE): no parameter gradients
+                out["dweight"] = self._w.grad.detach().numpy().reshape(-1).copy()
+                out["dbias"] = self._b.grad.detach().numpy().reshape(-1).copy()
         return out
 
     def forward_under(self, x, training, grad_enabled):
@@ -148,6 +149,21 @@ class _TorchModuleInstance:
         if not isinstance(y, torch.Tensor):
             raise ProtocolError(f"forward returned {type(y).__name__}, not a tensor")
         return {"y": y.detach().numpy().copy()}
+
+    def grad_grad(self, x, dy, v):
+        """BN-GRAD-GRAD: the module's training gradient differentiated once more (a hand-written
+        backward that treats the statistics as constants is first-order right, second-order wrong)."""
+        self.m.train(True)
+        with contextlib.redirect_stdout(io.StringIO()), _time_limit(self.timeout):
+            return torch_grad_grad(self.m, x, dy, v, self._w, self.p["dtype"], "cpu")
+
+    def freeze(self):
+        """BN-FREEZE, the torch way: the parameters stop requiring gradients."""
+        self.m.requires_grad_(False)
+
+    def reset_stats(self):
+        with _time_limit(self.timeout):
+            self.m.reset_running_stats()
 
     def running_stats(self):
         m, v = self._buffers()
@@ -162,7 +178,8 @@ class _TorchModuleInstance:
 def torch_module_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S) -> Implementation:
     caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
                                 explicit_momentum=False, default_eps=True, default_momentum=True, affine_off=False,
-                                default_init=True, ambient_grad_mode=True, saved_state=True)
+                                default_init=True, ambient_grad_mode=True, saved_state=True, second_grads=True,
+                                freeze=True, reset_stats=callable(getattr(cls, "reset_running_stats", None)))
     return Implementation(name, profile, caps, lambda params, device: _TorchModuleInstance(cls, params, timeout),
                           lambda: {"torch": __import__("torch").__version__}, lambda: ["cpu"], "user")
 

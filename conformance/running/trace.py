@@ -79,13 +79,70 @@ def _state_probes(inst, arrays, out):
         out[phase + "error"] = _err(phase, exc)
 
 
-def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), post=(), ambient=False,
-              saved_state=False):
+# capability -> probe: what each capability lets the trace ask (adapters/_protocol.py)
+PROBES = (("ambient_grad_mode", "mode"), ("saved_state", "state"), ("second_grads", "second"),
+          ("freeze", "freeze"), ("reset_stats", "reset"), ("mask", "mask"))
+
+
+def probes_for(caps):
+    """The probes an implementation's capabilities allow, in the order the trace runs them."""
+    return tuple(probe for cap, probe in PROBES if getattr(caps, cap, False))
+
+
+def _fresh_trained(impl, params, arrays, device):
+    """A fresh instance after one training step on the first batch: trained statistics that
+    differ from the initial ones, for the probes that change the layer (freeze, reset)."""
+    inst = impl.build(_copies(params), device)
+    inst.forward(arrays["x_train_0"].copy(), True, None)
+    return inst
+
+
+def _second_probe(impl, params, arrays, device, out):
+    """BN-GRAD-GRAD: a fresh instance differentiates its training gradient once more."""
+    r = impl.build(_copies(params), device).grad_grad(arrays["x_train_0"].copy(), arrays["dy_train"].copy(),
+                                                      arrays["v_train"].copy())
+    for k in ("ddx", "ddweight", "ddy"):
+        if r.get(k) is not None:
+            out["second/" + k] = np.asarray(r[k], np.float64)
+
+
+def _freeze_probe(impl, params, arrays, device, out):
+    """BN-FREEZE: trained one step, frozen, then called in training mode on the eval batch."""
+    inst = _fresh_trained(impl, params, arrays, device)
+    _stats(inst, out, "freeze/before_")
+    inst.freeze()
+    r = inst.forward(arrays["x_eval"].copy(), True, arrays["dy_eval"].copy())
+    out["freeze/y"] = np.asarray(r["y"])
+    if r.get("dx") is not None:
+        out["freeze/dx"] = np.asarray(r["dx"], np.float64)
+    _stats(inst, out, "freeze/")
+
+
+def _reset_probe(impl, params, arrays, device, out):
+    """BN-RESET: trained one step, reset, then called in eval on the eval batch."""
+    inst = _fresh_trained(impl, params, arrays, device)
+    inst.reset_stats()
+    _stats(inst, out, "reset/")
+    out["reset/y"] = np.asarray(inst.forward(arrays["x_eval"].copy(), False, None)["y"])
+
+
+def _mask_probe(impl, params, arrays, device, out):
+    """BN-MASK: a fresh instance, one masked training step on the first batch."""
+    inst = impl.build(_copies(params), device)
+    out["mask/y"] = np.asarray(inst.forward_masked(arrays["x_train_0"].copy(), arrays["mask"].copy(), True)["y"])
+    _stats(inst, out, "mask/")
+
+
+FRESH_PROBES = {"second": _second_probe, "freeze": _freeze_probe, "reset": _reset_probe, "mask": _mask_probe}
+
+
+def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), post=(), probes=()):
     """Returns a flat dict: init/…, train_K/…, eval/…, and `error` if a call raised.
 
     post: (name, array) eval calls on the trained instance after the main eval.
-    ambient: after those, the mode-switch probes (mode/…) on the same instance.
-    saved_state: last, the save/load and dtype-conversion probes (state/…, convert/…).
+    probes (probes_for): after those, on the same instance, "mode" (mode/…) and then "state"
+    (state/…, convert/…); then, each on a fresh instance, "second", "freeze", "reset", "mask",
+    each recording `<probe>/error` if it raised.
     extra: (name, mode, array, params) calls made on a fresh instance after the main trace, for the
     relation checks (permuted, shifted, scaled inputs); each gets its own prefix.
     """
@@ -106,15 +163,21 @@ def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), p
         for name, x in post:  # more eval calls on the same instance (BN-FOLD)
             phase = f"post/{name}"
             out[phase + "/y"] = np.asarray(inst.forward(x.copy(), False, None)["y"])
-        if ambient:
+        if "mode" in probes:
             _ambient_probes(inst, arrays, out)
-        if saved_state:
+        if "state" in probes:
             _state_probes(inst, arrays, out)
     except Exception as exc:  # the implementation's failure is data, never our crash
         out["error"] = _err(phase, exc)
         # the relations still run after a post-eval call raised, and when there is no eval mode
         if not (phase.startswith("post/") or (phase == "eval" and out["error"]["unsupported"])):
             return out
+    for probe in probes:
+        if probe in FRESH_PROBES and (probe != "mask" or "mask" in arrays):
+            try:
+                FRESH_PROBES[probe](impl, params, arrays, device, out)
+            except Exception as exc:
+                out[probe + "/error"] = _err(probe, exc)
     for name, mode, x, p in extra:
         try:
             fresh = impl.build(_copies(p if p is not None else params), device)

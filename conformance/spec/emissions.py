@@ -24,8 +24,10 @@ from bnconf.catalogs.sync_faults import SYNC_FAULTS, implementation as sync_impl
 
 GRID_QUOTA = 4      # cases per clause per fixture: every focus is met; the verdicts do not matter
 # real layers for what the NumPy protocol cannot be asked (gradients, library defaults, the step
-# counter, momentum=None, float16), where the environment has the framework
-FRAMEWORK_FIXTURES = ("torch.nn.BatchNorm2d", "torch.nn.functional.batch_norm")
+# counter, momentum=None, float16, second derivatives, freezing, reset, masks), each where the
+# environment has its framework
+FRAMEWORK_FIXTURES = (("torch", "torch.nn.BatchNorm2d"), ("torch", "torch.nn.functional.batch_norm"),
+                      ("flax", "flax.linen.BatchNorm"))
 
 
 def observe(spec, quota: int = GRID_QUOTA, seed: int = 0) -> dict[str, set[str]]:
@@ -37,8 +39,8 @@ def observe(spec, quota: int = GRID_QUOTA, seed: int = 0) -> dict[str, set[str]]
     for profile, name, fn in fixtures:
         audit_implementation(numpy_implementation(fn, name, profile), "cpu", spec, spec.profile(profile),
                              quota=quota, seed=seed, shrink_budget=0, emitted=emitted)
-    if importlib.util.find_spec("torch") is not None:   # gradients, defaults, counters, float16
-        for name in FRAMEWORK_FIXTURES:
+    for module, name in FRAMEWORK_FIXTURES:
+        if importlib.util.find_spec(module) is not None:
             impl = find(name)
             audit_implementation(impl, "cpu", spec, spec.profile(impl.profile), quota=quota, seed=seed,
                                  shrink_budget=0, emitted=emitted)

@@ -60,7 +60,8 @@ class _Instance(CallerHeldState):
 
 def implementations():
     caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
-                                default_eps=False, default_momentum=False, default_init=False, affine_off=False)
+                                default_eps=False, default_momentum=False, default_init=False, affine_off=False,
+                                second_grads=True)
     return [Implementation("snippet.000.d2l.batch_norm", CLAIMED_PROFILE, caps, lambda p, d: _Instance(p),
                            lambda: {"torch": torch.__version__, "source": SOURCE_DOCUMENT}, lambda: ["cpu"],
                            "snippets")]

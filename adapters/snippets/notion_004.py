@@ -150,7 +150,8 @@ def implementations():
         import torch
         return {"torch": torch.__version__, "source": SOURCE_DOCUMENT}
     fn_caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
-                                   default_eps=False, default_momentum=False, default_init=False, affine_off=False)
+                                   default_eps=False, default_momentum=False, default_init=False, affine_off=False,
+                                   second_grads=True)
     mod_caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
                                     explicit_momentum=False, affine_off=False, grads=False, ambient_grad_mode=True,
                                     saved_state=True)

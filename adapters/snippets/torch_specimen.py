@@ -48,11 +48,27 @@ class CallerHeldState:
             self.mm, self.mv = mm.detach().reshape(self.shape), mv.detach().reshape(self.shape)
         return out
 
+    def grad_grad(self, x, dy, v):
+        return second_backward(lambda xt: self.call(xt, True)[0], x, dy, v, self.gamma)
+
     def running_stats(self):
         return self.mm.numpy().reshape(-1).copy(), self.mv.numpy().reshape(-1).copy()
 
     def counter(self):
         return None
+
+
+def second_backward(call, x, dy, v, gamma):
+    """BN-GRAD-GRAD as a user differentiates the specimen twice: dx of sum(dy * call(x)) with
+    create_graph=True, then the gradients of sum(v * dx) with respect to x, dy and gamma."""
+    xt = torch.as_tensor(x).clone().requires_grad_(True)
+    dyt = torch.as_tensor(dy).clone().requires_grad_(True)
+    with torch.enable_grad():
+        dx, = torch.autograd.grad((call(xt) * dyt).sum(), xt, create_graph=True)
+        got = torch.autograd.grad((dx * torch.as_tensor(v)).sum(), [xt, dyt, gamma], allow_unused=True)
+    got = [torch.zeros_like(t) if g is None else g for g, t in zip(got, (xt, dyt, gamma))]
+    return {"ddx": got[0].detach().numpy().copy(), "ddy": got[1].detach().numpy().copy(),
+            "ddweight": got[2].detach().numpy().reshape(-1).copy()}
 
 
 def prepare_module(m, params, stats):

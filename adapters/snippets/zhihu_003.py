@@ -11,7 +11,7 @@ the convolution branch initialises beta to ONES, biased running variance, inputs
 """
 from .._protocol import Implementation, Unsupported, default_capabilities
 from ..torch_bn import reload_into
-from .torch_specimen import CallerHeldState, float64_dtypes, prepare_module
+from .torch_specimen import CallerHeldState, float64_dtypes, prepare_module, second_backward
 
 SOURCE_DOCUMENT = "seeds/003 (Batch normalization, LeNet example)"
 CLAIMED_PROFILE = "torch"
@@ -127,6 +127,13 @@ class _ModuleInstance:
         self.m.running_var = self.m.running_var.detach()
         return out
 
+    def grad_grad(self, x, dy, v):
+        self.m.train(True)
+        out = second_backward(self.m, x, dy, v, self.m.gamma)
+        self.m.running_mean = self.m.running_mean.detach()
+        self.m.running_var = self.m.running_var.detach()
+        return out
+
     def forward_under(self, x, training, grad_enabled):
         """As a user calls it: .train()/.eval(), in whatever grad mode the caller is in."""
         self.m.train(training)
@@ -145,10 +152,11 @@ class _ModuleInstance:
 
 def implementations():
     fn_caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
-                                   default_eps=False, default_momentum=False, default_init=False, affine_off=False)
+                                   default_eps=False, default_momentum=False, default_init=False, affine_off=False,
+                                   second_grads=True)
     mod_caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
                                     explicit_momentum=False, affine_off=False, ambient_grad_mode=True,
-                                    saved_state=True)
+                                    saved_state=True, second_grads=True)
     v = lambda: {"torch": torch.__version__, "source": SOURCE_DOCUMENT}  # noqa: E731
     return [
         Implementation("snippet.003.batch_norm", CLAIMED_PROFILE, fn_caps, lambda p, d: _FunctionInstance(p), v,

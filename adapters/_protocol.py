@@ -58,6 +58,8 @@ class Capabilities:
     mask: bool = False                 # instance.forward_masked(x, mask, training) -> dict(y): mask is a
                                        # boolean array broadcastable to x (feature axis of size 1), True
                                        # where a position counts
+    renorm: bool = False               # build(params) with params["renorm"] = {rmin, rmax, dmax, momentum}:
+                                       # batch renormalization; instance.renorm_stats() -> (mean, std)
     layout_pool: int = 0               # > 0: shapes come from a per-run pool of this many per
                                        # dtype (each new shape is a compile for a JIT framework)
 

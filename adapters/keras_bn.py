@@ -64,6 +64,10 @@ class _Instance:
                 raise Unsupported("keras BatchNormalization takes a float momentum")
             kw["momentum"] = float(params["momentum"])
         affine = params["affine"] != "off"
+        if params.get("renorm"):
+            rn = params["renorm"]
+            kw.update(renorm=True, renorm_momentum=rn["momentum"],
+                      renorm_clipping={k: rn[k] for k in ("rmin", "rmax", "dmax")})
         self.layer = keras.layers.BatchNormalization(axis=params["feature_axis"], center=affine, scale=affine,
                                                      dtype=params["dtype"], **kw)
         shape = [None] * params["rank"]
@@ -171,6 +175,10 @@ class _Instance:
         y = self.layer(_to_backend(self.backend, x, self.params["dtype"]), training=training, mask=m)
         return {"y": _np(self.backend, y)[0]}
 
+    def renorm_stats(self):
+        return (_np(self.backend, self.layer.renorm_mean.value)[0],
+                _np(self.backend, self.layer.renorm_stddev.value)[0])
+
     def running_stats(self):
         return (_np(self.backend, self.layer.moving_mean.value)[0],
                 _np(self.backend, self.layer.moving_variance.value)[0])
@@ -215,7 +223,7 @@ def implementations():
     out = []
     for backend, family in BACKEND_FAMILY.items():
         # on the jax backend every eager op compiles once per input shape: a finite layout pool
-        caps = default_capabilities(second_grads=True, freeze=True, mask=True,
+        caps = default_capabilities(second_grads=True, freeze=True, mask=True, renorm=True,
                                     **({"layout_pool": 4} if backend == "jax" else {}))
         out.append(Implementation(f"keras.layers.BatchNormalization[{backend}]", "keras", caps, _build(backend),
                                   _versions(backend), _devices(backend), family))

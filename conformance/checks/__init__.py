@@ -21,6 +21,7 @@ from bnconf.checks import state_persistence
 from bnconf.checks import second_order
 from bnconf.checks import freezing
 from bnconf.checks import masking
+from bnconf.checks import renorm
 
 FAMILIES = (forward, running_statistics, evaluation, gradients, purity_and_dtype, degenerate_batches, relations, mode_switch,
-            state_persistence, second_order, freezing, masking)
+            state_persistence, second_order, freezing, masking, renorm)

@@ -158,3 +158,35 @@ def masked_train_forward(x, mask, weight, bias, eps, feature_axis, profile):
     m, v = _per_feature(mean, x.ndim, feature_axis), _per_feature(norm_var, x.ndim, feature_axis)
     return normalize(x, m, v, eps, weight, bias, feature_axis, profile.eps_placement), mean.reshape(-1), \
         var.reshape(-1), n
+
+
+def renorm_train(x, weight, bias, eps, feature_axis, state, momentum, renorm_momentum, clipping):
+    """BN-RENORM: one training step of Batch Renormalization (Ioffe 2017, Algorithm 1). state is
+    (moving mean, moving std, renorm mean, renorm std) per channel; the stds include eps,
+    sigma_B = sqrt(var_B + eps). r = clip(sigma_B / sigma_R, rmin, rmax) and d = clip((mu_B -
+    mu_R) / sigma_R, -dmax, dmax) (constants to the backward pass) correct the batch-normalized
+    x_hat: y = gamma (r x_hat + d) + beta. sigma_R is at least sqrt(eps) (Keras: no division by
+    a zero std early in training). Returns (y, new state, r, d); the moving variance the eval
+    call normalizes with is max(moving std^2 - eps, 0)."""
+    x = np.asarray(x, np.float64)
+    mean, var, _ = batch_stats(x, feature_axis)
+    mu_b, sigma_b = mean.reshape(-1), np.sqrt(var.reshape(-1) + eps)
+    m_mean, m_std, r_mean, r_std = (np.asarray(a, np.float64) for a in state)
+    sigma_r = np.maximum(r_std, np.sqrt(eps))
+    r, d = sigma_b / sigma_r, (mu_b - r_mean) / sigma_r
+    if clipping.get("rmin") is not None:
+        r = np.maximum(r, clipping["rmin"])
+    if clipping.get("rmax") is not None:
+        r = np.minimum(r, clipping["rmax"])
+    if clipping.get("dmax") is not None:
+        d = np.clip(d, -clipping["dmax"], clipping["dmax"])
+    x_hat = normalize(x, mean, var, eps, None, None, feature_axis)
+    g = 1.0 if weight is None else _per_feature(weight, x.ndim, feature_axis)
+    b = 0.0 if bias is None else _per_feature(bias, x.ndim, feature_axis)
+    y = g * (x_hat * _per_feature(r, x.ndim, feature_axis) + _per_feature(d, x.ndim, feature_axis)) + b
+
+    def ema(old, new, m):
+        return m * old + (1 - m) * new
+    new = (ema(m_mean, mu_b, momentum), ema(m_std, sigma_b, momentum), ema(r_mean, mu_b, renorm_momentum),
+           ema(r_std, sigma_b, renorm_momentum))
+    return y, new, r, d

@@ -81,7 +81,7 @@ def _state_probes(inst, arrays, out):
 
 # capability -> probe: what each capability lets the trace ask (adapters/_protocol.py)
 PROBES = (("ambient_grad_mode", "mode"), ("saved_state", "state"), ("second_grads", "second"),
-          ("freeze", "freeze"), ("reset_stats", "reset"), ("mask", "mask"))
+          ("freeze", "freeze"), ("reset_stats", "reset"), ("mask", "mask"), ("renorm", "renorm"))
 
 
 def probes_for(caps):
@@ -133,7 +133,31 @@ def _mask_probe(impl, params, arrays, device, out):
     _stats(inst, out, "mask/")
 
 
-FRESH_PROBES = {"second": _second_probe, "freeze": _freeze_probe, "reset": _reset_probe, "mask": _mask_probe}
+# BN-RENORM's layer: clipping that the generated batches reach on both sides, and a renorm
+# momentum whose first step moves the renorm statistics visibly
+RENORM = {"rmin": 2.0 / 3.0, "rmax": 1.5, "dmax": 0.5, "momentum": 0.9}
+
+
+def _renorm_probe(impl, params, arrays, device, out):
+    """BN-RENORM: a fresh layer built with batch renormalization (params["renorm"]), two training
+    steps (the second one differentiated), then an eval call, all on the case's own batches."""
+    inst = impl.build(_copies(dict(params, renorm=dict(RENORM))), device)
+    for k, v in RENORM.items():
+        out[f"renorm/{k}"] = float(v)
+    for k, (x, dy) in enumerate(((arrays["x_train_0"], None), (arrays["x_eval"], arrays["dy_eval"]))):
+        pre = f"renorm/step_{k}/"
+        r = inst.forward(x.copy(), True, None if dy is None else dy.copy())
+        out[pre + "y"] = np.asarray(r["y"])
+        if r.get("dx") is not None:
+            out[pre + "dx"] = np.asarray(r["dx"], np.float64)
+        _stats(inst, out, pre)
+        for name, a in zip(("renorm_mean", "renorm_std"), inst.renorm_stats()):
+            out[pre + name] = np.asarray(a, np.float64).reshape(-1)
+    out["renorm/eval/y"] = np.asarray(inst.forward(arrays["x_eval"].copy(), False, None)["y"])
+
+
+FRESH_PROBES = {"second": _second_probe, "freeze": _freeze_probe, "reset": _reset_probe, "mask": _mask_probe,
+                "renorm": _renorm_probe}
 
 
 def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), post=(), probes=()):
@@ -141,7 +165,7 @@ def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), p
 
     post: (name, array) eval calls on the trained instance after the main eval.
     probes (probes_for): after those, on the same instance, "mode" (mode/…) and then "state"
-    (state/…, convert/…); then, each on a fresh instance, "second", "freeze", "reset", "mask",
+    (state/…, convert/…); then, each on a fresh instance, "second", "freeze", "reset", "mask", "renorm",
     each recording `<probe>/error` if it raised.
     extra: (name, mode, array, params) calls made on a fresh instance after the main trace, for the
     relation checks (permuted, shifted, scaled inputs); each gets its own prefix.

@@ -24,10 +24,10 @@ from bnconf.catalogs.sync_faults import SYNC_FAULTS, implementation as sync_impl
 
 GRID_QUOTA = 4      # cases per clause per fixture: every focus is met; the verdicts do not matter
 # real layers for what the NumPy protocol cannot be asked (gradients, library defaults, the step
-# counter, momentum=None, float16, second derivatives, freezing, reset, masks), each where the
-# environment has its framework
+# counter, momentum=None, float16, second derivatives, freezing, reset, masks, renorm), each where
+# the environment has its framework
 FRAMEWORK_FIXTURES = (("torch", "torch.nn.BatchNorm2d"), ("torch", "torch.nn.functional.batch_norm"),
-                      ("flax", "flax.linen.BatchNorm"))
+                      ("flax", "flax.linen.BatchNorm"), ("keras", "keras.layers.BatchNormalization[jax]"))
 
 
 def observe(spec, quota: int = GRID_QUOTA, seed: int = 0) -> dict[str, set[str]]:

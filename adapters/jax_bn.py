@@ -131,6 +131,21 @@ class _Functional:
         out["y"], out["y_dtype"] = _np(y)
         return out
 
+    def reload(self):
+        """BN-STATE-PERSIST the Flax way: flax.serialization.to_bytes of the parameters and the
+        batch_stats, restored with from_bytes into a freshly built layer (built without the
+        case's random scale/bias: the checkpoint must bring them back)."""
+        from flax import serialization
+        blob = serialization.to_bytes({"params": self.prm, "batch_stats": self.state})
+        fresh = type(self)(dict(self.p, affine="default" if self.p["affine"] == "random" else self.p["affine"]))
+        restored = serialization.from_bytes({"params": fresh.prm, "batch_stats": fresh.state}, blob)
+        self.prm, self.state = restored["params"], restored["batch_stats"]
+
+    def to_float64(self):
+        """Flax converts no layer's dtype in place (a new layer is built with another param_dtype):
+        nothing to judge."""
+        return {}
+
     def forward_masked(self, x, mask, training):
         """Flax's mask= (broadcastable to x, True where a position counts), on a training call."""
         if not training:
@@ -379,10 +394,10 @@ def caps(**over):
 
 def implementations():
     return [
-        Implementation("flax.linen.BatchNorm", "flax", caps(second_grads=True, mask=True), _build(_Linen), versions,
-                       devices, FAMILY),
-        Implementation("flax.nnx.BatchNorm", "flax", caps(second_grads=True, mask=True), _build(_Nnx), versions,
-                       devices, FAMILY),
+        Implementation("flax.linen.BatchNorm", "flax", caps(second_grads=True, mask=True, saved_state=True),
+                       _build(_Linen), versions, devices, FAMILY),
+        Implementation("flax.nnx.BatchNorm", "flax", caps(second_grads=True, mask=True, saved_state=True),
+                       _build(_Nnx), versions, devices, FAMILY),
         Implementation("jax.example_libraries.stax.BatchNorm", "stax",
                        caps(running_stats=False, explicit_momentum=False, default_momentum=False,
                             eval_batch_stats=True, second_grads=True),

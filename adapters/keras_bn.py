@@ -77,6 +77,37 @@ class _Instance:
             self.layer.gamma.assign(np.asarray(params["weight"], np.float32 if params["dtype"] == "bfloat16" else None))
             self.layer.beta.assign(np.asarray(params["bias"], np.float32 if params["dtype"] == "bfloat16" else None))
 
+    def reload(self):
+        """BN-STATE-PERSIST the Keras way: get_weights() (moving statistics included, as
+        non-trainable weights) set into a freshly built layer of the same configuration, built
+        without the case's random gamma/beta (the weights must bring them back)."""
+        weights = self.layer.get_weights()
+        fresh = _Instance(self.backend, dict(self.params, affine="default" if self.params["affine"] == "random"
+                                             else self.params["affine"]))
+        fresh.layer.set_weights(weights)
+        self.layer = fresh.layer
+
+    def to_float64(self):
+        """Keras converts no built layer's dtype: nothing to judge."""
+        return {}
+
+    def forward_under(self, x, training, grad_enabled):
+        """training= alone chooses the mode; the backend's gradient recording is set around the call
+        (torch: torch.set_grad_enabled; tensorflow: inside a GradientTape watching the input)."""
+        xt = _to_backend(self.backend, x, self.params["dtype"])
+        if self.backend == "torch":
+            import torch
+            with torch.set_grad_enabled(grad_enabled):
+                y = self.layer(xt.requires_grad_(grad_enabled) if grad_enabled else xt, training=training)
+        elif grad_enabled:
+            import tensorflow as tf
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                y = self.layer(xt, training=training)
+        else:
+            y = self.layer(xt, training=training)
+        return {"y": _np(self.backend, y)[0]}
+
     def forward(self, x, training, dy):
         xt = _to_backend(self.backend, x, self.params["dtype"])
         out = {}
@@ -223,7 +254,9 @@ def implementations():
     out = []
     for backend, family in BACKEND_FAMILY.items():
         # on the jax backend every eager op compiles once per input shape: a finite layout pool
-        caps = default_capabilities(second_grads=True, freeze=True, mask=True, renorm=True,
+        # JAX records no gradients ambiently (jax.grad is a transform, not a mode): no probe there
+        caps = default_capabilities(second_grads=True, freeze=True, mask=True, renorm=True, saved_state=True,
+                                    ambient_grad_mode=backend != "jax",
                                     **({"layout_pool": 4} if backend == "jax" else {}))
         out.append(Implementation(f"keras.layers.BatchNormalization[{backend}]", "keras", caps, _build(backend),
                                   _versions(backend), _devices(backend), family))

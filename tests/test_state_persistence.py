@@ -78,3 +78,33 @@ def test_buffers_left_out_of_the_state_dict_are_a_state_persistence_violation(au
 def test_registered_buffers_conform(audit_torch_module, seed):
     rep = audit_torch_module(MODULES, "Buffers", seed)
     assert not rep.violations, rep.violations
+
+
+@pytest.mark.clause("BN-STATE-PERSIST")
+@pytest.mark.parametrize("name", ["flax.linen.BatchNorm", "flax.nnx.BatchNorm", "keras.layers.BatchNormalization[jax]"])
+def test_flax_and_keras_checkpoints_keep_the_statistics_and_a_lost_one_is_caught(spec, name):
+    """Flax's to_bytes/from_bytes and Keras' get_weights/set_weights round trips conform; the
+    same layer whose restore forgets the statistics (a fresh layer's are kept) is reported."""
+    pytest.importorskip("flax")
+    pytest.importorskip("keras")
+    from bnconf.adapters._protocol import Implementation
+    from bnconf.cases.case import Case
+    from bnconf.running.audit import evaluate
+    from bnconf.running.registry import find
+    impl = find(name)
+
+    def build(params, device):
+        inst = impl.build(params, device)
+        inst.reload = lambda: inst.__dict__.update(vars(impl.build(dict(params, affine="default"), device)))
+        return inst
+    lossy = Implementation(name + "[lossy]", impl.profile, impl.capabilities, build, impl.versions, impl.devices,
+                           impl.family)
+    prof = spec.profile(impl.profile)
+    applicable = {c.id for c in spec.clauses_for(prof)}
+    case = Case(seed=4, shape=(6, 3), feature_axis=1, dtype="float32", steps=2, affine="random", momentum=0.9,
+                eps=1e-3, kappa=0.0, log_scale=0.0, special="none", special_channel=0, track_running_stats=True,
+                memory_format="contiguous", grads=True, centred=False)
+    good = {o.clause: o for o in evaluate(impl, case, "cpu", spec, prof, applicable)[0]}
+    assert good["BN-STATE-PERSIST"].ok, good["BN-STATE-PERSIST"].note
+    bad = {o.clause: o for o in evaluate(lossy, case, "cpu", spec, prof, applicable)[0]}
+    assert not bad["BN-STATE-PERSIST"].ok and "did not survive save and load" in bad["BN-STATE-PERSIST"].note

@@ -16,12 +16,13 @@ from bnconf.reference.comparison import compare
 @check("masking", emits=("BN-MASK", *NUMERIC))
 def masking(ctx: Ctx):
     t, case = ctx.trace, ctx.case
+    if "mask" not in ctx.arrays or case.special != "none" or not _trainable_case(ctx) or not ctx.standard_forward():
+        return []
     e = t.get("mask/error")
     if e is not None:
         return [] if e["unsupported"] else [
             Outcome("BN-MASK", False, note=f"a masked training call raised {e['type']}: {e['message'][:300]}")]
-    if "mask/y" not in t or "mask" not in ctx.arrays or case.special != "none" or not _trainable_case(ctx) \
-            or not ctx.standard_forward():
+    if "mask/y" not in t:
         return []
     x, mask = ctx.arrays["x_train_0"], ctx.arrays["mask"]
     rows = oracle.kept_rows(x, mask, ctx.fa)
@@ -54,4 +55,33 @@ def masking(ctx: Ctx):
     if not compare(t["mask/y"], y, yb_all).ok and compare(t["mask/y"], unmasked, yb_all).ok:
         return [Outcome("BN-MASK", False, w, f"the masked call normalized with the statistics of all "
                         f"{x.size // max(x.shape[ctx.fa], 1)} positions, not of the {n} unmasked ones")]
+    delta = _count_offset(ctx, x, rows, init, yb_all)
+    if delta is not None:
+        return [Outcome("BN-MASK", False, w, f"the masked mean and variance divide by the count of unmasked "
+                        f"positions plus {delta:.2g}, not by the count ({n})", {"mask_count": "offset"})]
     return [numeric_attribution(ctx, "BN-MASK", cmp_fn, w)]
+
+
+def _count_offset(ctx, x, rows, init, bound):
+    """The offset delta when the layer's masked statistics are sum / (n + delta), a small constant
+    added to the count against division by zero (read back from the running mean, the same for
+    every channel, and the output then within its bound): positive evidence of a masking
+    deviation, which float32 arithmetic would otherwise be blamed for in float64."""
+    t = ctx.trace
+    if init[0] is None or "mask/running_mean" not in t or ctx.momentum is None:
+        return None
+    w = oracle.momentum_weight(ctx.eff, ctx.momentum, 1)
+    mu = (np.asarray(t["mask/running_mean"], np.float64) - (1 - w) * init[0]) / w
+    sums, n = rows.sum(axis=0), rows.shape[0]
+    use = np.abs(sums / n) > 1e-3 * (rows.std(axis=0) + 1e-300)
+    if not np.any(use) or not np.all(mu[use] != 0):
+        return None
+    deltas = sums[use] / mu[use] - n
+    delta = float(np.median(deltas))
+    if not (0 < delta < 1e-2 * n) or np.any(np.abs(deltas - delta) > 0.2 * abs(delta)):
+        return None
+    mean = sums / (n + delta)
+    var = ((rows - mean) ** 2).sum(axis=0) / (n + delta)
+    m, v = (oracle._per_feature(a, x.ndim, ctx.fa) for a in (mean, var))
+    y = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.eff.eps_placement)
+    return delta if compare(t["mask/y"], y, bound).ok else None

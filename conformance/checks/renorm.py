@@ -70,12 +70,13 @@ def _expected(ctx, model, clipping, renorm_m):
 @check("renorm", emits=("BN-RENORM", *NUMERIC))
 def renorm(ctx: Ctx):
     t = ctx.trace
+    if ctx.case.special != "none" or not _trainable_case(ctx) or not ctx.standard_forward() or ctx.momentum is None:
+        return []
     e = t.get("renorm/error")
     if e is not None:
         return [] if e["unsupported"] else [
             Outcome("BN-RENORM", False, note=f"a batch-renormalized layer raised {e['type']}: {e['message'][:300]}")]
-    if "renorm/eval/y" not in t or ctx.case.special != "none" or not _trainable_case(ctx) \
-            or not ctx.standard_forward() or ctx.momentum is None:
+    if "renorm/eval/y" not in t:
         return []
     clipping = {k: t[f"renorm/{k}"] for k in ("rmin", "rmax", "dmax")}
     renorm_m = float(t["renorm/momentum"])

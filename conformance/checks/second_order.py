@@ -23,13 +23,16 @@ _KEYS = {what: i for i, (_, what) in enumerate(_WHAT)}
 @check("grads_second", emits=("BN-GRAD-GRAD", *NUMERIC))
 def grads_second(ctx: Ctx):
     t, case = ctx.trace, ctx.case
+    # judged where the first derivatives are (an empty or one-value batch is another clause's)
+    if not _trainable_case(ctx) or case.special != "none" or not ctx.standard_forward():
+        return []
     err = t.get("second/error")
     if err is not None:
         if err["unsupported"]:
             return []
         return [Outcome("BN-GRAD-GRAD", False, note=f"the second backward pass raised {err['type']}: "
                                                        f"{err['message'][:300]}")]
-    if "second/ddx" not in t or not _trainable_case(ctx) or case.special != "none" or not ctx.standard_forward():
+    if "second/ddx" not in t:
         return []
     x, dy, v = ctx.arrays["x_train_0"], ctx.arrays["dy_train"], ctx.arrays["v_train"]
     exp = oracle.grads_second_train(x, dy, v, ctx.weight, ctx.eps, ctx.fa)

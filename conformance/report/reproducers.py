@@ -21,6 +21,7 @@ import numpy as np
 from bnconf.cases.sync_case import SyncCase, materialize
 from bnconf.report import findings
 from bnconf.running import trace as trace_mod
+from bnconf.running.audit import judged_by_probes
 
 _RELATIVE_IMPORT = re.compile(r"^from \.\S* import .*$", re.M)
 
@@ -158,7 +159,7 @@ def write(root: Path, impl, device: str, clause, case, outcome, run_case_fn) -> 
         "case": case.to_json(), "params": meta_params, "steps": case.steps, "grads": case.grads,
         "extra": [{"name": n, "mode": m, "params": {k: v for k, v in (o or {}).items() if not k.startswith("_")}}
                   for n, m, _, o in extra],
-        "post": [n for n, _ in post], "probes": list(trace_mod.probes_for(impl.capabilities)),
+        "post": [n for n, _ in post], "probes": list(trace_mod.probes_for(impl.capabilities)) if judged_by_probes(case) else [],
         "key": cmp.key if cmp is not None and cmp.expected_array is not None else "",
         "said": _said(impl, device, clause, case, outcome),
     }

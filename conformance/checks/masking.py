@@ -55,7 +55,9 @@ def masking(ctx: Ctx):
     if not compare(t["mask/y"], y, yb_all).ok and compare(t["mask/y"], unmasked, yb_all).ok:
         return [Outcome("BN-MASK", False, w, f"the masked call normalized with the statistics of all "
                         f"{x.size // max(x.shape[ctx.fa], 1)} positions, not of the {n} unmasked ones")]
-    delta = _count_offset(ctx, x, rows, init, yb_all)
+    # the offset is evidence only where the output shows it: running statistics stored in float32
+    # read back as a tiny, consistent "offset" too
+    delta = None if compare(t["mask/y"], y, yb_all).ok else _count_offset(ctx, x, rows, init, yb_all)
     if delta is not None:
         return [Outcome("BN-MASK", False, w, f"the masked mean and variance divide by the count of unmasked "
                         f"positions plus {delta:.2g}, not by the count ({n})", {"mask_count": "offset"})]

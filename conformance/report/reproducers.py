@@ -159,7 +159,7 @@ def write(root: Path, impl, device: str, clause, case, outcome, run_case_fn) -> 
         "case": case.to_json(), "params": meta_params, "steps": case.steps, "grads": case.grads,
         "extra": [{"name": n, "mode": m, "params": {k: v for k, v in (o or {}).items() if not k.startswith("_")}}
                   for n, m, _, o in extra],
-        "post": [n for n, _ in post], "probes": list(trace_mod.probes_for(impl.capabilities)) if judged_by_probes(case) else [],
+        "post": [n for n, _ in post], "probes": list(trace_mod.probes_for(impl.capabilities, judged_by_probes(case))),
         "key": cmp.key if cmp is not None and cmp.expected_array is not None else "",
         "said": _said(impl, device, clause, case, outcome),
     }

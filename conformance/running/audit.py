@@ -47,9 +47,9 @@ def build_params(case: Case, arrays: dict) -> dict:
 
 
 def judged_by_probes(case: Case) -> bool:
-    """The probes' clauses (mode switch, state, second derivatives, freeze, reset, mask, renorm)
-    judge only cases with a batch variance and no NaN/Inf/constant channel: elsewhere their
-    calls are not made (on a JIT backend each is a compilation)."""
+    """The fresh-layer probes' clauses (second derivatives, freeze, reset, mask, renorm) judge
+    only cases with a batch variance and no NaN/Inf/constant channel: elsewhere their calls are
+    not made (on a JIT backend each is a compilation)."""
     return case.special == "none" and case.n_per_channel > 1 and case.shape[0] > 0
 
 
@@ -65,7 +65,7 @@ def run_case(impl, case: Case, device: str):
         extra.append((name, mode, x, dict(params, **passed) if passed else None))
     post = post_eval_inputs(case, arrays)
     trace = run_trace(impl, params, arrays, case.steps, device, grads=case.grads, extra=extra, post=post,
-                      probes=probes_for(impl.capabilities) if judged_by_probes(case) else ())
+                      probes=probes_for(impl.capabilities, judged_by_probes(case)))
     return arrays, params, trace, relations, post
 
 

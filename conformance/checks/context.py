@@ -197,3 +197,13 @@ def eval_expected(ctx, x, rm, rv, u):
     y = oracle.normalize(x, m, v, ctx.eps, ctx.weight, ctx.bias, ctx.fa, ctx.eff.eps_placement)
     return y, tolerance.y_eval_bound(ctx.model, x, ctx.weight, ctx.bias, rm, rv, ctx.eps, ctx.fa, u, y,
                                      _placement(ctx, ctx.eff))
+
+
+def probe_raised(trace, probe, clause, what):
+    """A probe's recorded error as its clause's outcome: None where the probe did not raise,
+    [] where the implementation said the configuration is outside it (Unsupported), else a
+    failure naming the call."""
+    e = trace.get(probe + "/error")
+    if e is None:
+        return None
+    return [] if e["unsupported"] else [Outcome(clause, False, note=f"{what} raised {e['type']}: {e['message'][:300]}")]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from bnconf.checks.attribution import numeric_attribution
-from bnconf.checks.context import Ctx, Outcome, _eval_tracked, _placement, _trainable_case, _worst, eval_expected
+from bnconf.checks.context import Ctx, Outcome, _eval_tracked, _placement, _trainable_case, _worst, eval_expected, \
+    probe_raised
 from bnconf.checks.mode_switch import _update_shows
 from bnconf.checks.registry import NUMERIC, check
 from bnconf.reference import error_model as tolerance
@@ -22,13 +23,6 @@ from bnconf.reference.comparison import compare
 def _stats(t, prefix):
     m, v = t.get(prefix + "running_mean"), t.get(prefix + "running_var")
     return None if m is None or v is None else (np.asarray(m, np.float64), np.asarray(v, np.float64))
-
-
-def _raised(t, probe, clause, what):
-    e = t.get(probe + "/error")
-    if e is None:
-        return None
-    return [] if e["unsupported"] else [Outcome(clause, False, note=f"{what} raised {e['type']}: {e['message'][:300]}")]
 
 
 def _mode_expected(ctx, mode, x, dy, before, u, model=None):
@@ -78,7 +72,7 @@ def _freeze(ctx):
     t, mode = ctx.trace, ctx.eff.frozen_mode
     if mode == "not_applicable" or not _applies(ctx, "freeze"):
         return []
-    raised = _raised(t, "freeze", "BN-FREEZE", "freezing the layer or calling it frozen")
+    raised = probe_raised(t, "freeze", "BN-FREEZE", "freezing the layer or calling it frozen")
     if raised is not None:
         return raised
     before, after = _stats(t, "freeze/before_"), _stats(t, "freeze/")
@@ -127,7 +121,7 @@ def _reset(ctx):
     t = ctx.trace
     if not _applies(ctx, "reset"):
         return []
-    raised = _raised(t, "reset", "BN-RESET", "resetting the running statistics")
+    raised = probe_raised(t, "reset", "BN-RESET", "resetting the running statistics")
     if raised is not None:
         return raised
     st = _stats(t, "reset/")

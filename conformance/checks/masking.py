@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnconf.checks.attribution import numeric_attribution
-from bnconf.checks.context import Ctx, Outcome, _placement, _trainable_case, _worst
+from bnconf.checks.context import Ctx, Outcome, _placement, _trainable_case, _worst, probe_raised
 from bnconf.checks.registry import NUMERIC, check
 from bnconf.reference import error_model as tolerance
 from bnconf.reference import oracle
@@ -18,10 +18,9 @@ def masking(ctx: Ctx):
     t, case = ctx.trace, ctx.case
     if "mask" not in ctx.arrays or case.special != "none" or not _trainable_case(ctx) or not ctx.standard_forward():
         return []
-    e = t.get("mask/error")
-    if e is not None:
-        return [] if e["unsupported"] else [
-            Outcome("BN-MASK", False, note=f"a masked training call raised {e['type']}: {e['message'][:300]}")]
+    raised = probe_raised(t, "mask", "BN-MASK", "a masked training call")
+    if raised is not None:
+        return raised
     if "mask/y" not in t:
         return []
     x, mask = ctx.arrays["x_train_0"], ctx.arrays["mask"]

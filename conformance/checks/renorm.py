@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnconf.checks.attribution import numeric_attribution
-from bnconf.checks.context import Ctx, Outcome, _trainable_case, _worst, eval_expected
+from bnconf.checks.context import Ctx, Outcome, _trainable_case, _worst, eval_expected, probe_raised
 from bnconf.checks.registry import NUMERIC, check
 from bnconf.reference import error_model as tolerance
 from bnconf.reference import oracle
@@ -72,10 +72,9 @@ def renorm(ctx: Ctx):
     t = ctx.trace
     if ctx.case.special != "none" or not _trainable_case(ctx) or not ctx.standard_forward() or ctx.momentum is None:
         return []
-    e = t.get("renorm/error")
-    if e is not None:
-        return [] if e["unsupported"] else [
-            Outcome("BN-RENORM", False, note=f"a batch-renormalized layer raised {e['type']}: {e['message'][:300]}")]
+    raised = probe_raised(t, "renorm", "BN-RENORM", "a batch-renormalized layer")
+    if raised is not None:
+        return raised
     if "renorm/eval/y" not in t:
         return []
     clipping = {k: t[f"renorm/{k}"] for k in ("rmin", "rmax", "dmax")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnconf.checks.attribution import numeric_attribution
-from bnconf.checks.context import Ctx, Outcome, _trainable_case, _worst
+from bnconf.checks.context import Ctx, Outcome, _trainable_case, _worst, probe_raised
 from bnconf.checks.registry import NUMERIC, check
 from bnconf.reference import error_model as tolerance
 from bnconf.reference import oracle
@@ -26,12 +26,9 @@ def grads_second(ctx: Ctx):
     # judged where the first derivatives are (an empty or one-value batch is another clause's)
     if not _trainable_case(ctx) or case.special != "none" or not ctx.standard_forward():
         return []
-    err = t.get("second/error")
-    if err is not None:
-        if err["unsupported"]:
-            return []
-        return [Outcome("BN-GRAD-GRAD", False, note=f"the second backward pass raised {err['type']}: "
-                                                       f"{err['message'][:300]}")]
+    raised = probe_raised(t, "second", "BN-GRAD-GRAD", "the second backward pass")
+    if raised is not None:
+        return raised
     if "second/ddx" not in t:
         return []
     x, dy, v = ctx.arrays["x_train_0"], ctx.arrays["dy_train"], ctx.arrays["v_train"]

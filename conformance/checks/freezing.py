@@ -13,16 +13,11 @@ import numpy as np
 from bnconf.checks.attribution import numeric_attribution
 from bnconf.checks.context import Ctx, Outcome, _eval_tracked, _placement, _trainable_case, _worst, eval_expected, \
     probe_raised
-from bnconf.checks.mode_switch import _update_shows
+from bnconf.checks.mode_switch import _stats, _update_shows
 from bnconf.checks.registry import NUMERIC, check
 from bnconf.reference import error_model as tolerance
 from bnconf.reference import oracle
 from bnconf.reference.comparison import compare
-
-
-def _stats(t, prefix):
-    m, v = t.get(prefix + "running_mean"), t.get(prefix + "running_var")
-    return None if m is None or v is None else (np.asarray(m, np.float64), np.asarray(v, np.float64))
 
 
 def _mode_expected(ctx, mode, x, dy, before, u, model=None):

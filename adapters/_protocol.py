@@ -29,6 +29,8 @@ class Capabilities:
     A clause that `needs` a capability the implementation lacks is `unsupported`, never run."""
     ranks: tuple = (2, 3, 4, 5)
     feature_axes: tuple = ("first", "last")
+    layouts: tuple = ()                # names of the layouts in scope (NC, NCHW, NHWC, ...); empty:
+                                       # every rank above crossed with every feature axis
     dtypes: tuple = ("float16", "bfloat16", "float32", "float64")
     grads: bool = True                 # dx, dweight, dbias from a backward pass
     running_stats: bool = True

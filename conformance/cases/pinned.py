@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bnconf.adapters._protocol import Capabilities, SyncCapabilities
 from bnconf.cases.case import DEFAULT, Case
+from bnconf.cases.layouts import LAYOUTS, allowed
 from bnconf.cases.strategies import feature_axis, fits
 from bnconf.cases.sync_case import SyncCase
 
@@ -47,7 +48,26 @@ def pinned_for(caps: Capabilities) -> list[Case]:
             else:
                 continue
             break
+        else:
+            if caps.layouts:   # a declared scope keeps every probe, in the first layout it admits
+                c = _in_declared_layout(shape, p, caps)
+                if c is not None:
+                    out.append(c)
     return out
+
+
+def _in_declared_layout(shape, p, caps):
+    """A pinned probe's (N, C, *spatial) shape given the rank and feature axis of a declared
+    layout: spatial sizes kept where the rank allows, 2 where it adds axes."""
+    n, c, spatial = shape[0], shape[1], tuple(shape[2:])
+    for name in allowed(caps):
+        rank, where = LAYOUTS[name]
+        inner = (spatial + (2,) * rank)[:rank - 2]
+        s = (n, c) + inner if where == "first" else (n,) + inner + (c,)
+        case = Case(shape=s, feature_axis=feature_axis(rank, where), **p).replace(grads=bool(caps.grads))
+        if fits(case, caps):
+            return case
+    return None
 
 
 

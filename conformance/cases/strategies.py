@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from bnconf.adapters._protocol import Capabilities
 from bnconf.cases.case import DEFAULT, Case
 from bnconf.cases.focus import HIGH_KAPPA, shape_kind
+from bnconf.cases.layouts import LAYOUTS, admits
 
 KAPPAS = (0.0, 0.5, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 1e4)
 LOG_SCALES = (-3.0, -1.0, 0.0, 0.0, 1.0, 3.0)
@@ -32,12 +33,18 @@ CHANNELS = (1, 2, 3, 4, 5, 8, 16, 64)
 SPECIALS = ("none",) * 9 + ("constant", "nan", "inf")
 
 
-def make_shape(pick, ranks, feature_axes, kind, max_elements=MAX_ELEMENTS):
+def make_shape(pick, ranks, feature_axes, kind, max_elements=MAX_ELEMENTS, layouts=()):
     """(shape, feature_axis) from `pick(options, label)`: batch first, feature axis first or
     last, small and large channels, the degenerate n = 1 per channel and the empty batch.
-    One definition for both a hypothesis draw and a layout pool's NumPy draw."""
-    rank = pick(sorted(ranks), "rank")
-    fa = feature_axis(rank, pick(sorted(feature_axes), "feature axis"))
+    One definition for both a hypothesis draw and a layout pool's NumPy draw. A declared
+    scope (`layouts`, names from cases/layouts.py) is drawn from by name; without one the
+    draw is rank then axis, as every seed's cases were made before scopes existed."""
+    if layouts:
+        rank, where = LAYOUTS[pick(tuple(n for n in LAYOUTS if n in layouts), "layout")]
+    else:
+        rank = pick(sorted(ranks), "rank")
+        where = pick(sorted(feature_axes), "feature axis")
+    fa = feature_axis(rank, where)
     channels = pick(CHANNELS, "channels")
     dims = [0] * rank
     dims[fa] = channels
@@ -59,11 +66,11 @@ def make_shape(pick, ranks, feature_axes, kind, max_elements=MAX_ELEMENTS):
 
 
 @st.composite
-def shapes(draw, ranks, feature_axes, empty_batch=True, max_elements=MAX_ELEMENTS, kinds=None):
+def shapes(draw, ranks, feature_axes, empty_batch=True, max_elements=MAX_ELEMENTS, kinds=None, layouts=()):
     kinds = [k for k in (kinds or SHAPE_KINDS) if empty_batch or k != "empty"] or ["normal"]
     kind = draw(st.sampled_from(kinds), label="shape kind")
     return make_shape(lambda opts, label: draw(st.sampled_from(opts), label=label), ranks, feature_axes, kind,
-                      max_elements)
+                      max_elements, layouts)
 
 
 def layout_pool(caps: Capabilities, seed: int, per_dtype: int) -> list[tuple]:
@@ -81,7 +88,7 @@ def layout_pool(caps: Capabilities, seed: int, per_dtype: int) -> list[tuple]:
         if caps.empty_batch:
             kinds.append("empty")
         for kind in kinds:
-            shape, fa = make_shape(pick, caps.ranks, caps.feature_axes, kind)
+            shape, fa = make_shape(pick, caps.ranks, caps.feature_axes, kind, layouts=caps.layouts)
             out.append((shape, fa, dtype))
     return out
 
@@ -107,7 +114,7 @@ def cases(draw, caps: Capabilities, dtypes=None, focus=None, pool=None):
         shape, fa, dtype = draw(st.sampled_from(fitting), label="layout")
     else:
         kinds = options(SHAPE_KINDS, focus, "shape")
-        shape, fa = draw(shapes(caps.ranks, caps.feature_axes, caps.empty_batch, kinds=kinds))
+        shape, fa = draw(shapes(caps.ranks, caps.feature_axes, caps.empty_batch, kinds=kinds, layouts=caps.layouts))
         allowed = [d for d in caps.dtypes if dt_ok(d)] or [d for d in caps.dtypes if dtypes is None or d in dtypes]
         dtype = draw(st.sampled_from(allowed * 3 if len(allowed) == 1 else
                                      [d for d in allowed for _ in range(3 if d == "float32" else 1)]), label="dtype")
@@ -165,7 +172,9 @@ def fits(case: Case, caps: Capabilities) -> bool:
     where = "first" if case.feature_axis == 1 else "last"
     if case.feature_axis == case.rank - 1 and "last" in caps.feature_axes:
         where = "last"
-    return (case.rank in caps.ranks and where in caps.feature_axes and case.dtype in caps.dtypes
+    in_layout = admits(caps, case.rank, case.feature_axis) if caps.layouts else (
+        case.rank in caps.ranks and where in caps.feature_axes)
+    return (in_layout and case.dtype in caps.dtypes
             and (case.momentum != DEFAULT or caps.default_momentum
                  or not caps.explicit_momentum)   # no momentum to pass: drawn as default
             and (case.momentum is not None or caps.momentum_none)

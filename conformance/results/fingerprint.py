@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnconf.cases.case import Case, materialize
+from bnconf.cases.layouts import preferred
 from bnconf.checks.relations import relation_inputs
 from bnconf.reference import error_model as tolerance, oracle
 from bnconf.reference.comparison import compare
@@ -21,8 +22,7 @@ KEYS = ("momentum_form", "default_momentum", "default_eps", "eps_placement", "no
 
 
 def _layout(caps, n=8, c=3, spatial=2):
-    rank = 4 if 4 in caps.ranks else min(caps.ranks)
-    fa = 1 if "first" in caps.feature_axes else rank - 1
+    rank, fa = preferred(caps)
     shape = [n] + [spatial] * (rank - 1)
     shape[fa] = c
     return tuple(shape), fa
@@ -157,9 +157,8 @@ def _probe_eps(impl, dt, shape, fa, with_default):
 
 
 def _probe_normalize_variance(impl, dt, fa, caps):
-    rank = 2 if 2 in caps.ranks else min(caps.ranks)
+    rank, fa2 = preferred(caps, ranks=(2, 3, 4, 5))
     shape = [2] + [1] * (rank - 1)
-    fa2 = 1 if "first" in caps.feature_axes else rank - 1
     shape[fa2] = 3
     aff = "off" if caps.affine_off else ("default" if caps.default_init else "random")
     case = Case(seed=13, shape=tuple(shape), feature_axis=fa2, dtype=dt, steps=1, affine=aff, momentum=0.1,
@@ -202,9 +201,8 @@ def _probe_reduction(impl, dt, shape, fa):
 
 
 def _probe_one_value(impl, dt, fa, caps):
-    rank = min(caps.ranks)
+    rank, fa2 = preferred(caps, ranks=(2, 3, 4, 5))
     shape = [1] * rank
-    fa2 = 1 if "first" in caps.feature_axes else rank - 1
     shape[fa2] = 3
     case = Case(seed=15, shape=tuple(shape), feature_axis=fa2, dtype=dt, steps=1, affine="random", momentum=0.1,
                 eps=1e-3, grads=False)

@@ -71,6 +71,11 @@ class Ctx(CaseContext):
         p = self.profile
         self.eps = (p.default_eps if self.case.eps == "default" else float(self.case.eps)) * p.eps_scale
         self.momentum = p.default_momentum if self.case.momentum == "default" else self.case.momentum
+        if self.case.affine == "default" and "init/weight" in self.trace:
+            # the layer's own initial gamma and beta, read from it: a wrong initialisation is
+            # BN-INIT's finding alone, and every other clause is judged with the values it has
+            self.weight = np.asarray(self.trace["init/weight"], np.float64)
+            self.bias = np.asarray(self.trace["init/bias"], np.float64)
         # The profile with the conventions this case measured: downstream checks judge their
         # own clause under it, so one convention deviation is one finding, not a cascade.
         self.eff = self.profile

@@ -160,15 +160,22 @@ def running_stats(ctx: Ctx):
 
 @check("initial_state", emits=("BN-INIT",))
 def initial_state(ctx: Ctx):
+    out = []
+    if "init/weight" in ctx.trace:   # read from the layer itself (running/trace.py)
+        c = ctx.case.num_features
+        act = np.concatenate([ctx.trace["init/weight"], ctx.trace["init/bias"]])
+        cmp = compare(act, np.concatenate([np.ones(c), np.zeros(c)]), 0.0, "initial gamma then beta",
+                      key="init/weight+bias")
+        out.append(Outcome("BN-INIT", cmp.ok, cmp, "" if cmp.ok else "gamma and beta do not start at 1 and 0"))
     if "init/running_mean" not in ctx.trace or not ctx.case.track_running_stats:
-        return []
+        return out
     init = ctx.profile.initial
     c = ctx.case.num_features
     exp = np.concatenate([np.full(c, init["running_mean"]), np.full(c, init["running_var"])])
     act = np.concatenate([ctx.trace["init/running_mean"], ctx.trace["init/running_var"]])
     cmp = compare(act, exp, 0.0, "initial running mean then running var", key="init/running_mean+var")
-    return [Outcome("BN-INIT", cmp.ok, cmp, "" if cmp.ok else "the running statistics do not start at the "
-                    "profile's initial values")]
+    return out + [Outcome("BN-INIT", cmp.ok, cmp, "" if cmp.ok else "the running statistics do not start at the "
+                          "profile's initial values")]
 
 
 @check("step_counter", emits=("BN-NUM-BATCHES-TRACKED",))

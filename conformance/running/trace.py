@@ -45,6 +45,24 @@ def _forward(inst, x, training, dy, out, prefix, params, given):
     out[prefix + "mutated"] = bool(mutated)
 
 
+def _own_initial_affine(inst, params, out):
+    """BN-INIT, read directly where the layer exposes its parameters (`initial_affine`): with the
+    layer's own initialisation (affine "default"), gamma and beta as built. When they are not 1
+    and 0, every fresh instance below is given these same values, so that the clauses judged on
+    fresh layers see the audited layer's parameters and not another random draw."""
+    if params.get("affine") != "default" or not callable(getattr(inst, "initial_affine", None)):
+        return params
+    got = inst.initial_affine()
+    if got is None:
+        return params
+    w, b = (np.asarray(a, np.float64).reshape(-1) for a in got)
+    out["init/weight"], out["init/bias"] = w, b
+    if np.all(w == 1) and np.all(b == 0):
+        return params
+    dt = np.asarray(got[0]).dtype
+    return dict(params, affine="random", weight=w.astype(dt), bias=b.astype(dt))
+
+
 def _ambient_probes(inst, arrays, out):
     """BN-MODE-SWITCH: the trained layer called in eval, then in training mode, each with the
     framework's gradient recording on and off (`forward_under`); the mode must follow the
@@ -174,10 +192,12 @@ def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), p
     """
     out = {}
     given = _copies(params)
+    fresh_params = params
     phase = "build"
     try:
         inst = impl.build(given, device)
         _stats(inst, out, "init/")
+        fresh_params = _own_initial_affine(inst, params, out)
         for k in range(steps):
             phase = f"train_{k}"
             dy = arrays["dy_train"] if (grads and k == 0) else None
@@ -201,12 +221,14 @@ def run_trace(impl, params, arrays, steps, device="cpu", grads=True, extra=(), p
     for probe in probes:
         if probe in FRESH_PROBES and (probe != "mask" or "mask" in arrays):
             try:
-                FRESH_PROBES[probe](impl, params, arrays, device, out)
+                FRESH_PROBES[probe](impl, fresh_params, arrays, device, out)
             except Exception as exc:
                 out[probe + "/error"] = _err(probe, exc)
     for name, mode, x, p in extra:
         try:
-            fresh = impl.build(_copies(p if p is not None else params), device)
+            if p is not None and p.get("affine") == "default" and fresh_params is not params:
+                p = dict(p, affine="random", weight=fresh_params["weight"], bias=fresh_params["bias"])  # as above
+            fresh = impl.build(_copies(p if p is not None else fresh_params), device)
             if mode == "eval_after_train":
                 fresh.forward(arrays["x_train_0"].copy(), True, None)
                 mode = "eval"

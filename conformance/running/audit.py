@@ -16,7 +16,7 @@ from bnconf.cases.case import Case, materialize
 from bnconf.cases.focus import meets, merge_focus
 from bnconf.cases.pinned import pinned_for
 from bnconf.cases.quota import QuotaScheduler
-from bnconf.cases.strategies import cases, layout_pool
+from bnconf.cases.strategies import cases, fits, layout_pool
 from bnconf.checks.blocking import find_blocked
 from bnconf.checks.context import Ctx
 from bnconf.checks.registry import run_checks
@@ -100,7 +100,11 @@ def shrink(impl, case: Case, clause: str, device, spec, profile, applicable, bud
         except Exception:
             return None
         return next((o for o in outs if o.clause == clause and not o.ok and not o.error), None)
-    return greedy_shrink(case, candidates if pool is None else pool_candidates(pool), fails, budget)
+    simpler = candidates if pool is None else pool_candidates(pool)
+
+    def within(c):   # a simplification the implementation does not offer is no smaller case of its failure
+        return (cand for cand in simpler(c) if fits(cand, impl.capabilities))
+    return greedy_shrink(case, within, fails, budget)
 
 
 def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed=0, shrink_budget=30,

@@ -151,6 +151,10 @@ def float64_in_float32(ctx, clause, cmp_fn, base, conditioning=True):
     # evidence either way. (A constant channel centres to 0, exact too, but there a float64
     # one-pass kernel shows the same signature as float32 arithmetic: no exemption.)
     exact_centred = case.n_per_channel <= 2
+    if exact_centred and float(np.max(_kappas(ctx), initial=0.0)) >= ctx.kappa_thr:
+        # no centred evidence, and ill-conditioning alone puts a wrong result (a missing term:
+        # 0 for 1e-5) inside the float32 bound: nothing positive says float32 arithmetic
+        return None
     if not (alt is not None and alt.ok and _passes(ctx, case.replace(dtype="float32"), clause, base.key)
             and (exact_centred or _holds_centred(ctx, clause, base.key))):
         return None

@@ -15,6 +15,28 @@ from bnconf.running.explore import INTERRUPTED
 from bnconf.spec.loader import SpecError
 
 
+KINDS = ["numpy", "torch-function", "torch-module"]
+
+
+def _target_options(p) -> None:
+    """How bnconf calls a user's BN and which layouts it covers: one set for audit and fingerprint."""
+    p.add_argument("--kind", choices=KINDS, default="numpy",
+                   help="numpy: the bnconf NumPy signature; torch-function: a function on tensors (see --call); "
+                        "torch-module: an nn.Module subclass (see --init)")
+    p.add_argument("--call", default=None, metavar="EXPR",
+                   help="torch-function: how to call it, e.g. \"bn(X=x, gamma=shaped(weight), beta=shaped(bias), "
+                        "moving_mean=shaped(running_mean), moving_var=shaped(running_var), eps=eps, momentum=momentum)\"")
+    p.add_argument("--returns", default=None, metavar="NAMES",
+                   help="torch-function: what its tuple holds, e.g. \"y, running_mean, running_var\" (_ for others)")
+    p.add_argument("--init", default=None, metavar="EXPR",
+                   help="torch-module: how to build it, e.g. \"BatchNorm(num_features, num_dims=rank)\" "
+                        "(names: num_features, rank, momentum, eps)")
+    p.add_argument("--layouts", default=None, metavar="NC,NCHW,...",
+                   help="the layouts your code supports (N batch, C features, L/D/H/W spatial, in axis order: "
+                        "NC NCL NCHW NCDHW NLC NHWC NDHWC); default: every one it does not refuse by raising "
+                        "NotImplementedError")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bnconf", description="Batch Normalization conformance spec and audit.")
     ap.add_argument("--spec", default=None, help="a spec YAML other than the bundled one")
@@ -64,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="audit your own BN function or torch module")
     p.add_argument("target", help="path/to/file.py:NAME or package.module:NAME")
     p.add_argument("--profile", required=True)
-    p.add_argument("--kind", choices=["numpy", "torch-module"], default="numpy")
+    _target_options(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--cases-per-clause", type=int, default=100,
                    help="at least this many generated cases per clause (aimed at rare clauses)")
@@ -80,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--profile", default=None)
-    p.add_argument("--kind", choices=["numpy", "torch-module"], default="numpy")
+    _target_options(p)
     p.set_defaults(fn=cmd_fingerprint)
 
     p = sub.add_parser("facts", help="check the API facts the source documents state")

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from bnconf.cases import layouts
 from bnconf.frontends.user_audit import audit
 from bnconf.report import findings
 from bnconf.report.assemble import build_report
@@ -15,6 +16,7 @@ from bnconf.results.records import append_jsonl, atomic_write_text, read_jsonl
 from bnconf.running.isolated import make_implementation, shutdown
 from bnconf.running.registry import UnknownImplementation, all_implementations, family_implementations, find
 from bnconf.running.runner import RunInterrupted, run_many, summarize
+from bnconf.running.scope import find_scope
 from bnconf.running.targets import TargetError
 from bnconf.spec.emissions import lint_emissions
 from bnconf.spec.lint import lint
@@ -158,9 +160,14 @@ def progress_bar(total: int | None, label: str):
 
 def cmd_audit(args) -> int:
     try:
+        declared = layouts.parse(args.layouts) if args.layouts else None
+    except ValueError as exc:
+        return _err(str(exc))
+    try:
         rep = audit(args.target, args.profile, kind=args.kind, max_examples=args.max_examples, seed=args.seed,
                     spec_path=args.spec, repro_dir=args.repro_dir, fingerprint=not args.no_fingerprint,
-                    progress=progress_bar(None, "auditing"), quota=args.cases_per_clause)
+                    progress=progress_bar(None, "auditing"), quota=args.cases_per_clause, layouts=declared,
+                    call=args.call, init=args.init, returns=args.returns)
         if sys.stderr.isatty():
             print(file=sys.stderr)
     except (TargetError, SpecError) as exc:
@@ -179,11 +186,33 @@ def cmd_audit(args) -> int:
     return EXIT_ERROR if rep.errors else EXIT_OK
 
 
+def _grouped(entries) -> dict:
+    """message -> the configurations that raised it ('layout NCL', 'layout NCHW' -> 'layouts NCL, NCHW')."""
+    out: dict = {}
+    for o in entries:
+        out.setdefault(o["message"], []).append(o["what"])
+    for message, whats in out.items():
+        if len(whats) > 1 and all(w.startswith("layout ") for w in whats):
+            out[message] = ["layouts " + ", ".join(w.split(" ", 1)[1] for w in whats)]
+    return out
+
+
 def _print_audit(rep) -> None:
     """One line per clause; under a failing one (a violation, a warning or a clause bnconf
     could not judge) the finding's details, worded as in the report (report/findings.py)."""
-    print(f"{rep.target} under profile {rep.profile!r}: {rep.verdict.upper()} "
+    sc = rep.scope
+    within = f" within {', '.join(sc['layouts'])}; {', '.join(sc['dtypes'])}" if sc else ""
+    print(f"{rep.target} under profile {rep.profile!r}: {rep.verdict.upper()}{within} "
           f"({rep.cases} cases, {rep.seconds:.1f} s)")
+    if sc:
+        print(f"  scope: layouts {', '.join(sc['layouts'])} ({'as declared' if sc['declared'] else 'every layout it did not refuse'}); "
+              f"dtypes {', '.join(sc['dtypes'])}")
+        for prefix, entries in (("not implemented", sc["out_of_scope"]), ("kept in scope", sc["notes"])):
+            for message, whats in _grouped(entries).items():
+                print(f"    {prefix}: {', '.join(whats)} ({message})")
+                hint = next((o.get("hint") for o in entries if o["message"] == message and o.get("hint")), None)
+                if hint:
+                    print(f"      {hint}")
     for p in rep.passed:
         print(f"  pass  {p['clause']:24s} {p['cases']} cases")
     for tag, found in (("FAIL", rep.violations), ("WARN", rep.warnings), ("ERROR", rep.errors)):
@@ -208,10 +237,17 @@ def cmd_fingerprint(args) -> int:
         return _err("fingerprint needs a TARGET (or --list)")
     if ":" in args.target:
         try:
-            impl = make_implementation(args.target, args.profile or "torch", args.kind)
-        except TargetError as exc:
+            declared = layouts.parse(args.layouts) if args.layouts else None
+            impl = make_implementation(args.target, args.profile or "torch", args.kind, call=args.call,
+                                       init=args.init, returns=args.returns)
+        except (TargetError, ValueError) as exc:
             return _err(str(exc))
+        caps, scope = find_scope(impl, declared)   # probes stay inside what the code covers
+        if caps is None:
+            return _err(f"{args.target}: nothing in scope")
+        impl.capabilities = caps
         fp = fingerprint(impl, default_momentum=False, default_eps=False)  # defaults: not probed, null
+        fp["scope"] = scope.describe()
     else:
         try:
             impl = find(args.target)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bnconf.cases import layouts
 from bnconf.frontends.user_audit import audit
 from bnconf.results.records import audit_report_records, read_jsonl
 from bnconf.running.registry import family_implementations, find
@@ -19,7 +20,11 @@ def pytest_addoption(parser):
     g = parser.getgroup("bnconf", "Batch Normalization conformance")
     g.addoption("--bnconf-target", default=None, help="your BN: path/to/file.py:NAME or package.module:NAME")
     g.addoption("--bnconf-profile", default=None, help="the profile your BN claims (torch, keras, flax, ...)")
-    g.addoption("--bnconf-kind", default="numpy", choices=["numpy", "torch-module"])
+    g.addoption("--bnconf-kind", default="numpy", choices=["numpy", "torch-function", "torch-module"])
+    for what in ("call", "init", "returns"):   # frontends/cli.py: the same templates as `bnconf audit --call ...`
+        g.addoption(f"--bnconf-{what}", default=None, help=f"as `bnconf audit --{what}`")
+    g.addoption("--bnconf-layouts", default=None, help="the layouts your BN supports, e.g. NC,NCHW "
+                "(default: every candidate it does not refuse with NotImplementedError)")
     g.addoption("--bnconf-family", action="append", default=[], help="audit a built-in family (repeatable)")
     g.addoption("--bnconf-impl", action="append", default=[], help="audit a built-in implementation (repeatable)")
     g.addoption("--bnconf-raw", default="reports/raw/results.jsonl", help="where raw records go")
@@ -71,7 +76,10 @@ def _run(config) -> list[dict]:
     target = config.getoption("bnconf_target")
     if target:
         prof = config.getoption("bnconf_profile") or "torch"
+        declared = config.getoption("bnconf_layouts")
         rep = audit(target, prof, kind=config.getoption("bnconf_kind"), max_examples=n,
+                    layouts=layouts.parse(declared) if declared else None,
+                    **{w: config.getoption(f"bnconf_{w}") for w in ("call", "init", "returns")},
                     quota=config.getoption("bnconf_cases_per_clause") or 100,
                     seed=config.getoption("bnconf_seed"), fingerprint=False)
         records += audit_report_records(rep, config.getoption("bnconf_seed"))

@@ -11,8 +11,10 @@ from bnconf.report import reproducers as repro
 from bnconf.results import records as rec_mod
 from bnconf.results.fingerprint import fingerprint as measure
 from bnconf.cases.capabilities import missing_capability
-from bnconf.running.audit import audit_implementation, run_case
+from bnconf.running.audit import audit_implementation, evaluate, run_case
 from bnconf.running.isolated import make_implementation
+from bnconf.running.scope import find_scope
+from bnconf.running.targets import TargetError
 from bnconf.spec.loader import get_spec
 
 
@@ -30,6 +32,7 @@ class AuditReport:
     passed: list = field(default_factory=list)
     not_exercised: list = field(default_factory=list)
     fingerprint: dict = field(default_factory=dict)
+    scope: dict = field(default_factory=dict)         # running/scope.py: what was audited, what was refused
     cases: int = 0
     seconds: float = 0.0
     stdout: str = ""
@@ -39,21 +42,34 @@ class AuditReport:
                 "violations": self.violations, "warnings": self.warnings, "errors": self.errors,
                 "blocked": self.blocked,
                 "passed": self.passed, "not_exercised": self.not_exercised,
-                "fingerprint": self.fingerprint, "cases": self.cases, "seconds": round(self.seconds, 3)}
+                "fingerprint": self.fingerprint, "scope": self.scope, "cases": self.cases, "seconds": round(self.seconds, 3)}
 
 
 def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path=None, repro_dir=None,
           shrink_budget=25, fingerprint=True, timeout=CALL_TIMEOUT_S, impl=None, progress=None,
-          quota=100) -> AuditReport:
+          quota=100, layouts=None, call=None, init=None, returns=None) -> AuditReport:
     """Run the shared cases, at least `quota` per clause that applies (max_examples caps
-    the total); returns an AuditReport."""
+    the total), within the code's scope (layouts: names declared by the user, e.g. ("NC",
+    "NCHW"); None: every candidate layout the code does not refuse); call / init / returns: how
+    bnconf calls the code (running/call_templates.py); returns an AuditReport."""
     spec = get_spec(spec_path)
     prof = spec.profile(profile)
-    impl = impl or make_implementation(target, profile, kind, timeout)
+    impl = impl or make_implementation(target, profile, kind, timeout, call=call, init=init, returns=returns)
     t0 = time.perf_counter()
+    applicable = {c.id for c in spec.clauses_for(prof) if not c.planned}
+
+    def judge(case):   # a probe that raised is judged once, as the audit judges it
+        outcomes, trace, _ = evaluate(impl, case, "cpu", spec, prof, applicable)
+        return trace, outcomes
+    caps, scope = find_scope(impl, tuple(layouts) if layouts else None, judge)
+    if caps is None:
+        raise TargetError(f"{target}: nothing in scope: " + "; ".join(
+            f"{o['what']}: {o['message']}" for o in scope.out_of_scope))
+    impl.capabilities = caps
     result = audit_implementation(impl, "cpu", spec, prof, max_examples=max_examples, seed=seed,
-                                  shrink_budget=shrink_budget, progress=progress, quota=quota)
-    rep = AuditReport(target, profile, "conforms", cases=result.cases)
+                                  shrink_budget=shrink_budget, progress=progress, quota=quota,
+                                  judged=scope.judged)
+    rep = AuditReport(target, profile, "conforms", cases=result.cases, scope=scope.to_json())
     for clause in spec.clauses_for(prof):
         if clause.planned:
             continue

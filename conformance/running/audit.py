@@ -109,13 +109,14 @@ def shrink(impl, case: Case, clause: str, device, spec, profile, applicable, bud
 
 def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed=0, shrink_budget=30,
                          progress=None, deadline_s=None, quota=DEFAULT_QUOTA, emitted=None,
-                         timing=None) -> AuditResult:
+                         timing=None, judged=()) -> AuditResult:
     """Explore cases with hypothesis, tally every outcome, shrink each failing clause's case.
 
     quota: at least this many cases per applicable clause (aimed with quota.py, capped at
     max_examples cases in all, default CAP_PER_QUOTA x quota); None draws max_examples
     cases blindly. emitted: collects check name -> clause IDs it emitted (the lint). timing:
-    see evaluate."""
+    see evaluate. judged: (case, outcomes) already judged (the scope probes that raised,
+    running/scope.py): tallied first, as they were, not run again."""
     max_examples = cap_for(quota, max_examples)
     caps = impl.capabilities
     applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
@@ -127,9 +128,14 @@ def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed
                 if not missing_capability(caps, spec.clauses[cid].needs)}
         scheduler = QuotaScheduler(foci, quota, merge_focus, meets)
     t0 = time.perf_counter()
+    done = list(judged)
+
+    def run(case):
+        if done and done[0][0] == case:
+            return done.pop(0)[1]
+        return evaluate(impl, case, device, spec, profile, applicable, emitted=emitted, timing=timing)[0]
     tallies, count, _, first, sequence = explore(
-        cases(caps, pool=pool), pinned_for(caps),
-        lambda case: evaluate(impl, case, device, spec, profile, applicable, emitted=emitted, timing=timing)[0],
+        cases(caps, pool=pool), [c for c, _ in judged] + list(pinned_for(caps)), run,
         max_examples=max_examples, seed=seed, progress=progress, deadline_s=deadline_s, scheduler=scheduler,
         aimed=aimed_strategies(lambda focus: cases(caps, focus=focus, pool=pool)))
     blocked = find_blocked(tallies, spec, profile,

@@ -260,6 +260,10 @@ class _Instance:
         mode = f"{'train' if training else 'eval'}, gradients {'on' if grad_enabled else 'off'}"
         return self._run("forward_under", (x, training, grad_enabled), f"forward ({mode})")[0]
 
+    def initial_affine(self):
+        """None where the implementation does not expose its parameters (running/trace.py)."""
+        return self._run("initial_affine", (), "reading gamma and beta")[0]
+
     def reload(self):
         return self._run("reload", (), "save and load the state")[0]
 
@@ -348,9 +352,11 @@ class IsolatedImplementation(Implementation):
         self._procs.close()
 
 
-def isolated_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S) -> IsolatedImplementation:
-    """Raises targets.TargetError, as the in-process loader does, when the target cannot be loaded."""
-    return IsolatedImplementation({"target": target, "profile": profile, "kind": kind, "timeout": timeout})
+def isolated_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, **templates) -> IsolatedImplementation:
+    """Raises targets.TargetError, as the in-process loader does, when the target cannot be loaded.
+    templates: call / init / returns (running/call_templates.py)."""
+    return IsolatedImplementation({"target": target, "profile": profile, "kind": kind, "timeout": timeout,
+                                   **{k: v for k, v in templates.items() if v}})
 
 
 def shutdown() -> None:
@@ -359,8 +365,8 @@ def shutdown() -> None:
         proc.kill()
 
 
-def make_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S) -> IsolatedImplementation:
+def make_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, **templates) -> IsolatedImplementation:
     """The user's target in a process of its own: a segfault, os._exit, an OOM kill or a hang
     in it is a violation of the clause being exercised, never the audit's end. Raises
     TargetError, in this process, when the target cannot be loaded."""
-    return isolated_implementation(target, profile, kind, timeout)
+    return isolated_implementation(target, profile, kind, timeout, **templates)

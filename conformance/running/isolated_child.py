@@ -200,7 +200,8 @@ class _Server:
             return pickle.dumps(("err", type(exc).__name__, f"the result cannot be sent: {exc}"[:2000])), False
 
     def op_load(self, load: dict) -> tuple:
-        impl = self.impl = load_implementation(load["target"], load["profile"], load["kind"], load["timeout"])
+        impl = self.impl = load_implementation(load["target"], load["profile"], load["kind"], load["timeout"],
+                                               load.get("call"), load.get("init"), load.get("returns"))
         versions = _result(lambda: (impl.versions(),))
         return ({"name": impl.name, "profile": impl.profile, "capabilities": impl.capabilities,
                  "family": impl.family, "devices": impl.devices(), "build_module": impl.build.__module__,
@@ -222,6 +223,11 @@ class _Server:
     def op_forward_under(self, hid: int, x, training, grad_enabled) -> tuple:
         entry = self.instances[hid]
         return entry[0].forward_under(x, training, grad_enabled), {}, self._stats(entry[0])
+
+    def op_initial_affine(self, hid: int) -> tuple:
+        inst = self.instances[hid][0]
+        own = getattr(inst, "initial_affine", None)
+        return (own() if callable(own) else None), {}, self._stats(inst)
 
     def op_reload(self, hid: int) -> tuple:
         entry = self.instances[hid]

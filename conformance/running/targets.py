@@ -1,5 +1,6 @@
 """Load an implementation from a target a user names ('file.py:NAME', 'package.module:NAME'):
-a NumPy function with the bnconf protocol, or a torch nn.Module subclass.
+a NumPy function with the bnconf protocol, a function on torch tensors (torch_function.py),
+or a torch nn.Module subclass.
 
 NumPy protocol (see README, 'Audit your own BN'):
 
@@ -23,6 +24,8 @@ from bnconf.adapters._protocol import Implementation, Unsupported, default_capab
 from bnconf.adapters.torch_bn import grad_grad as torch_grad_grad, reload_into
 from bnconf.adapters.numpy_protocol import (
     CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit, implementation as _numpy_protocol_implementation)
+from bnconf.running.call_templates import INIT_VALUES, Template, TemplateError, parse_returns
+from bnconf.running.torch_function import torch_function_implementation
 
 
 class TargetError(Exception):
@@ -65,14 +68,17 @@ def numpy_implementation(fn, name, profile, timeout=CALL_TIMEOUT_S) -> Implement
 
 
 class _TorchModuleInstance:
-    """A module constructed as NAME(num_features), switched with .train()/.eval() (and, for
-    modules that read torch.is_grad_enabled(), run under no_grad in eval)."""
+    """A module constructed as NAME(num_features) or by an --init template, switched with
+    .train()/.eval() (and, for modules that read torch.is_grad_enabled(), run under no_grad in eval)."""
 
-    def __init__(self, cls, params, timeout):
+    def __init__(self, cls, params, timeout, init=None):
         import torch
-        self.torch, self.p, self.timeout, self.cls = torch, params, timeout, cls
-        if params["momentum"] != "default" or params["eps"] != "default":
-            raise Unsupported("a module built as NAME(num_features) keeps its own momentum and eps")
+        self.torch, self.p, self.timeout, self.cls, self.init = torch, params, timeout, cls, init
+        for key in ("momentum", "eps"):
+            named = init is not None and key in init.names
+            if (params[key] == "default") == named:
+                raise Unsupported(f"the module is built {'with' if named else 'without'} a {key} "
+                                  f"({init.text if init else 'NAME(num_features)'})")
         self.m = self._build()
         self._w, self._b = self._affine()
         if params["affine"] == "random":
@@ -81,13 +87,20 @@ class _TorchModuleInstance:
                 self._b.copy_(torch.as_tensor(params["bias"]).reshape(self._b.shape))
 
     def _build(self):
+        how = self.init.text if self.init else "NAME(num_features)"
+        values = {"num_features": self.p["num_features"], "momentum": self.p["momentum"], "eps": self.p["eps"],
+                  "rank": self.p["rank"]}
         try:
             with contextlib.redirect_stdout(io.StringIO()), _time_limit(self.timeout):
-                m = self.cls(self.p["num_features"])
+                m = self.init.call(self.cls.__name__, self.cls, values) if self.init else self.cls(self.p["num_features"])
         except (Unsupported, CallTimeout):
             raise
+        except NotImplementedError:   # outside the module's scope (running/scope.py)
+            raise
         except Exception as exc:
-            raise ProtocolError(f"NAME(num_features) raised {type(exc).__name__}: {exc}") from None
+            raise ProtocolError(f"{how} raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(m, self.torch.nn.Module):
+            raise ProtocolError(f"{how} returned {type(m).__name__}, not a torch.nn.Module")
         return m.to(getattr(self.torch, self.p["dtype"]))
 
     def reload(self):
@@ -102,6 +115,10 @@ class _TorchModuleInstance:
         mean, _ = self._buffers()
         return {"param_dtype": str(self._affine()[0].dtype).replace("torch.", ""),
                 "stats_dtype": "none" if mean is None else str(mean.dtype).replace("torch.", "")}
+
+    def initial_affine(self):
+        """gamma and beta as the module was built (BN-INIT; running/trace.py)."""
+        return tuple(t.detach().numpy().reshape(-1).copy() for t in self._affine())
 
     def _affine(self):
         named = dict(self.m.named_parameters())
@@ -155,7 +172,11 @@ class _TorchModuleInstance:
         backward that treats the statistics as constants is first-order right, second-order wrong)."""
         self.m.train(True)
         with contextlib.redirect_stdout(io.StringIO()), _time_limit(self.timeout):
-            return torch_grad_grad(self.m, x, dy, v, self._w, self.p["dtype"], "cpu")
+            out = torch_grad_grad(self.m, x, dy, v, self._w, self.p["dtype"], "cpu")
+        # a hand-written layer may hold gamma shaped (1, C) or (1, C, 1, 1): its derivative is per feature
+        if "ddweight" in out:
+            out["ddweight"] = out["ddweight"].reshape(-1)
+        return out
 
     def freeze(self):
         """BN-FREEZE, the torch way: the parameters stop requiring gradients."""
@@ -175,31 +196,46 @@ class _TorchModuleInstance:
         return None
 
 
-def torch_module_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S) -> Implementation:
-    caps = default_capabilities(ranks=(2, 4), feature_axes=("first",), dtypes=("float32", "float64"),
-                                explicit_momentum=False, default_eps=True, default_momentum=True, affine_off=False,
+def torch_module_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S, init=None) -> Implementation:
+    init = Template(init, cls.__name__, INIT_VALUES, "--init") if init else None
+    named = init.names if init else set()
+    # a module built as NAME(num_features) cannot be told its feature axis: torch's channels-first
+    # layouts are its candidates, each audited unless the module refuses it (running/scope.py)
+    caps = default_capabilities(ranks=(2, 3, 4, 5), feature_axes=("first",), dtypes=("float32", "float64"),
+                                explicit_momentum="momentum" in named, default_eps="eps" not in named,
+                                default_momentum="momentum" not in named, affine_off=False,
                                 default_init=True, ambient_grad_mode=True, saved_state=True, second_grads=True,
                                 freeze=True, reset_stats=callable(getattr(cls, "reset_running_stats", None)))
-    return Implementation(name, profile, caps, lambda params, device: _TorchModuleInstance(cls, params, timeout),
+    return Implementation(name, profile, caps, lambda params, device: _TorchModuleInstance(cls, params, timeout, init),
                           lambda: {"torch": __import__("torch").__version__}, lambda: ["cpu"], "user")
 
 
-def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S):
+def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, call=None, init=None, returns=None):
     """The user's target in this process: what the isolated process runs. Callers that want
-    the user's code beside their own pass `impl=` to audit() (e.g. numpy_implementation(fn))."""
+    the user's code beside their own pass `impl=` to audit() (e.g. numpy_implementation(fn)).
+    call / init / returns: the templates of call_templates.py (torch-function, torch-module)."""
+    if (call or returns) and kind != "torch-function":
+        raise TargetError(f"--call and --returns are for --kind torch-function, not {kind}")
+    if init and kind != "torch-module":
+        raise TargetError(f"--init is for --kind torch-module, not {kind}")
     obj = load_target(target)
-    if kind == "numpy":
-        if not callable(obj):
-            raise TargetError(f"{target!r} is not callable")
-        return numpy_implementation(obj, target, profile, timeout)
-    if kind == "torch-module":
-        try:
-            import torch
-        except ImportError:
-            raise TargetError("--kind torch-module needs torch installed") from None
-        if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
-            raise TargetError(f"{target!r} is not a torch.nn.Module subclass")
-        return torch_module_implementation(obj, target, profile, timeout)
-    raise TargetError(f"unknown --kind {kind!r}; use numpy or torch-module")
-
-
+    try:
+        if kind == "numpy":
+            if not callable(obj):
+                raise TargetError(f"{target!r} is not callable")
+            return numpy_implementation(obj, target, profile, timeout)
+        if kind in ("torch-module", "torch-function"):
+            try:
+                import torch
+            except ImportError:
+                raise TargetError(f"--kind {kind} needs torch installed") from None
+            if kind == "torch-function":
+                if not callable(obj) or isinstance(obj, type):
+                    raise TargetError(f"{target!r} is not a function (--kind torch-function)")
+                return torch_function_implementation(obj, target, profile, call, parse_returns(returns), timeout)
+            if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
+                raise TargetError(f"{target!r} is not a torch.nn.Module subclass")
+            return torch_module_implementation(obj, target, profile, timeout, init)
+    except TemplateError as exc:
+        raise TargetError(str(exc)) from None
+    raise TargetError(f"unknown --kind {kind!r}; use numpy, torch-function or torch-module")

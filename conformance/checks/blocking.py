@@ -20,6 +20,14 @@ or through others) when the run shows that A's deviation explains B's failures:
   nearly every case) would hide an independent bug. A precision or conditioning root never
   blocks a failure that measured a convention: rounding does not explain what a convention does.
 
+An exception is the call's, not the clause's: where several failing clauses failed only by
+the implementation raising, and raising what another failing clause raised too (the same type
+and message: a 2-D-only function's "too many values to unpack" under BN-NORMALIZE and
+BN-ONE-VALUE alike), each exception is one finding, under one root: of the clauses that raised
+it, the one that is an ancestor of most of the others, then the one failing most cases with it,
+then the first in the spec. A clause that is the root of any exception it raised is a finding;
+one that failed in any other way as well stays a finding.
+
 Precision clauses and the clauses they can disturb depend on each other; a clause that is
 blocked only by clauses that are themselves blocked (by it, in the end) stays a finding.
 
@@ -93,7 +101,33 @@ def find_blocked(tallies: dict, spec, profile, rejudge) -> dict:
         for key, roots in out.items():
             for root in roots:
                 shown[root] |= failing[key].failed_at
+    for key, roots in _same_exception(failing, spec).items():
+        out[key] = sorted(set(out.get(key, ())) | set(roots))
     return _live_roots(_break_mutual(out, by_clause), failing)
+
+
+def _same_exception(failing: dict, spec) -> dict:
+    """(clause, dtype) -> the roots of the exceptions that are its only failures (docstring)."""
+    order = {cid: i for i, cid in enumerate(spec.clauses)}
+    raisers: dict = {}          # exception -> clause -> cases failed with it
+    for (cid, _), t in failing.items():
+        for kind, exceptions in t.kind_raised.items():
+            for r in exceptions - {None}:
+                raisers.setdefault(r, {}).setdefault(cid, 0)
+                raisers[r][cid] += t.kinds[kind][0]
+    anc = {cid: ancestors(spec, cid) for by in raisers.values() for cid in by}
+
+    def root(r):
+        by = raisers[r]
+        return max(by, key=lambda c: (sum(c in anc[o] and o not in anc[c] for o in by), by[c], -order[c]))
+    roots = {r: root(r) for r in raisers}
+    out = {}
+    for key, t in failing.items():
+        raised = set().union(*t.kind_raised.values()) if t.kind_raised else set()
+        if not raised or None in raised or any(roots[r] == key[0] for r in raised):
+            continue
+        out[key] = sorted({roots[r] for r in raised})
+    return out
 
 
 def _conventions_only(tallies) -> bool:

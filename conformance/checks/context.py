@@ -25,6 +25,8 @@ class Outcome:
     note: str = ""
     measured: dict = field(default_factory=dict)
     error: str | None = None    # bnconf's own failure (a check crashed): the traceback; never the implementation's
+    raised: str | None = None   # the implementation's exception, "Type: message", where raising is the failure
+                                # (blocking.py: one exception seen by several clauses is one finding)
 
     @property
     def kind(self) -> str:
@@ -162,7 +164,12 @@ def _worst(cmps):
 def _failed_call(ctx, clause):
     """The call raised on a valid input: the implementation's failure under the clause judged."""
     err = ctx.trace.get("error")
-    return Outcome(clause, False, note=f"{err['type']} in {err['phase']}: {err['message']}")
+    return Outcome(clause, False, note=f"{err['type']} in {err['phase']}: {err['message']}", raised=raised_text(err))
+
+
+def raised_text(err) -> str:
+    """An exception the implementation raised, as blocking.py compares it across clauses."""
+    return f"{err['type']}: {err['message'][:200]}"
 
 
 def _masked(a, mask):
@@ -211,4 +218,5 @@ def probe_raised(trace, probe, clause, what):
     e = trace.get(probe + "/error")
     if e is None:
         return None
-    return [] if e["unsupported"] else [Outcome(clause, False, note=f"{what} raised {e['type']}: {e['message'][:300]}")]
+    return [] if e["unsupported"] else [Outcome(clause, False, note=f"{what} raised {e['type']}: {e['message'][:300]}",
+                                                raised=raised_text(e))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnconf.checks.context import Ctx, Outcome
+from bnconf.checks.context import Ctx, Outcome, raised_text
 from bnconf.checks.registry import check
 from bnconf.checks.running_statistics import _init_state
 from bnconf.reference import error_model as tolerance
@@ -28,7 +28,8 @@ NOT_RAISED = ("ProcessDied", "CallTimeout")
 
 def _died(err, clause):
     if err and err["type"] in NOT_RAISED:
-        return [Outcome(clause, False, note=f"{err['type']} in {err['phase']}: {err['message'][:300]}")]
+        return [Outcome(clause, False, note=f"{err['type']} in {err['phase']}: {err['message'][:300]}",
+                        raised=raised_text(err))]
     return None
 
 
@@ -52,7 +53,7 @@ def one_value(ctx: Ctx):
             "one_value_per_channel": "raises" if raised else _one_value_kind(ctx)})]
     if raised:
         return [Outcome("BN-ONE-VALUE", False, note=f"raised {err['type']}: {err['message'][:200]}",
-                        measured={"one_value_per_channel": "raises"})]
+                        measured={"one_value_per_channel": "raises"}, raised=raised_text(err))]
     kind = _one_value_kind(ctx)
     y = ctx.trace.get("train_0/y")
     # beta under the spec's forward conventions; under a variant (a root's measured convention,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import traceback
 from typing import Callable
 
-from bnconf.checks.context import Ctx, Outcome
+from bnconf.checks.context import Ctx, Outcome, raised_text
 
 CHECKS: dict[str, Callable] = {}
 EMITS: dict[str, tuple[str, ...]] = {}
@@ -34,7 +34,8 @@ def run_checks(ctx: Ctx, emitted: dict | None = None) -> list[Outcome]:
     if err and err["phase"] == "build":
         if err["unsupported"]:
             return []
-        return [Outcome("BN-NORMALIZE", False, note=f"building the layer raised {err['type']}: {err['message']}")]
+        return [Outcome("BN-NORMALIZE", False, note=f"building the layer raised {err['type']}: {err['message']}",
+                        raised=raised_text(err))]
     seen, out = set(), []
     for fn in CHECKS.values():
         if fn in seen:

@@ -11,7 +11,7 @@ import numpy as np
 from bnconf.cases.case import Case, cast, channel_kappa
 from bnconf.cases.strategies import DTYPE_MAX_ABS
 from bnconf.checks.attribution import convention_attribution, numeric_attribution
-from bnconf.checks.context import Ctx, Outcome, _eval_tracked, _placement, _stats_before_eval, _worst
+from bnconf.checks.context import Ctx, Outcome, _eval_tracked, _placement, _stats_before_eval, _worst, raised_text
 from bnconf.checks.registry import NUMERIC, check
 from bnconf.reference import error_model as tolerance
 from bnconf.reference import oracle
@@ -27,7 +27,7 @@ def _relation_raised(ctx, clause, names):
             err = ctx.trace["error"]
         if err is not None and not err["unsupported"]:
             return Outcome(clause, False, note=f"{err['type']} on the {name} input ({err['phase']}): "
-                                               f"{err['message'][:300]}")
+                                               f"{err['message'][:300]}", raised=raised_text(err))
     return None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnconf.checks.context import Ctx, Outcome, _eval_tracked, _trainable_case, eval_expected
+from bnconf.checks.context import Ctx, Outcome, _eval_tracked, _trainable_case, eval_expected, raised_text
 from bnconf.checks.registry import check
 from bnconf.reference.comparison import compare
 
@@ -25,7 +25,8 @@ def state_persistence(ctx: Ctx):
     for phase, what in (("state/", "saving and loading the layer"), ("convert/", "converting the layer to float64")):
         e = t.get(phase + "error")
         if e is not None:
-            return [Outcome("BN-STATE-PERSIST", False, note=f"{what} raised {e['type']}: {e['message'][:300]}")]
+            return [Outcome("BN-STATE-PERSIST", False, note=f"{what} raised {e['type']}: {e['message'][:300]}",
+                            raised=raised_text(e))]
     problems, cmp, measured = [], None, {}
     before = (t.get("state/before_running_mean"), t.get("state/before_running_var"))
     after = (t.get("state/running_mean"), t.get("state/running_var"))

@@ -25,6 +25,8 @@ class ClauseTally:
     failed_at: set = field(default_factory=set)   # numbers of the cases that failed (root causes: blocking.py)
     fail_measured: dict = field(default_factory=dict)   # conventions the failures measured, first value each
     kind_measured: dict = field(default_factory=dict)   # deviation kind -> what its first failure measured
+    kind_raised: dict = field(default_factory=dict)     # deviation kind -> the exceptions its failures raised
+                                                        # (None: one that did not raise)
     errors: int = 0                     # cases on which bnconf itself failed to judge the clause
     error: Outcome | None = None        # the first of them (its traceback)
     error_case: Case | None = None
@@ -52,6 +54,7 @@ class ClauseTally:
             for key, value in bad.measured.items():
                 self.fail_measured.setdefault(key, value)
             self.kind_measured.setdefault(bad.kind, dict(bad.measured))
+            self.kind_raised.setdefault(bad.kind, set()).add(bad.raised)
             k = self.kinds.setdefault(bad.kind, [0, case])
             k[0] += 1
             if case_size(case) < case_size(k[1]):

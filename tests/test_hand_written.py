@@ -1,5 +1,6 @@
 """Hand-written BNs audited as their authors would call them: each specimen's verdict and its
-exact set of violated clauses are stated here, before any run (tests/specimens/hand_written.py)."""
+exact set of violated clauses are stated here, before any run (tests/specimens/hand_written.py,
+tests/specimens/cs231n_style.py)."""
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,16 @@ from bnconf.cases import layouts
 
 pytest.importorskip("torch")
 SPECIMENS = Path(__file__).parent / "specimens" / "hand_written.py"
+CS231N = Path(__file__).parent / "specimens" / "cs231n_style.py"
+CS_CALL = "{f}(x, weight, bias, kept(mode='train' if training else 'test', eps=eps, momentum=momentum))"
+
+
+def cs231n(forward, backward=None, **options):
+    """--kind numpy-function options for a CS231n-style forward (and hand-written backward)."""
+    return {"kind": "numpy-function", "call": CS_CALL.format(f=forward), "returns": "y, cache",
+            "backward": backward and f"{backward}(dy, cache)", **options}
+
+
 D2L_CALL = "d2l_batch_norm(x, shaped(weight), shaped(bias), shaped(running_mean), shaped(running_var), eps, {m})"
 
 # (name, profile, options, verdict, violated clauses, scope layouts)
@@ -46,14 +57,28 @@ CASES = [
     # every layout, its feature axis from `axis`: one finding for one bug
     ("unbiased_normalize", "torch", {"kind": "torch-function"}, "violates", {"BN-VAR-BIASED"},
      tuple(layouts.LAYOUTS)),
+    # CS231n's forms (Keras-form momentum, a biased running variance, beta for one value)
+    (f"{CS231N}:batchnorm_forward", "keras", cs231n("batchnorm_forward", "batchnorm_backward", layouts=("NC",)),
+     "conforms", set(), ("NC",)),
+    (f"{CS231N}:batchnorm_forward", "keras", cs231n("batchnorm_forward", "batchnorm_backward_alt", layouts=("NC",)),
+     "conforms", set(), ("NC",)),
+    (f"{CS231N}:batchnorm_forward", "keras",
+     cs231n("batchnorm_forward", "batchnorm_backward_no_var_term", layouts=("NC",)), "violates", {"BN-GRAD-TRAIN"}, ("NC",)),
+    (f"{CS231N}:batchnorm_forward_eval_no_eps", "keras",
+     cs231n("batchnorm_forward_eval_no_eps", "batchnorm_backward", layouts=("NC",)), "violates", {"BN-EPS-INSIDE"}, ("NC",)),
+    (f"{CS231N}:spatial_batchnorm_forward", "keras", cs231n("spatial_batchnorm_forward"), "conforms", set(), ("NCHW",)),
+    # undeclared, the 2-D forward unpacks x.shape on every channels-first layout: one exception,
+    # one finding (BN-ONE-VALUE's raise of the same is blocked by it)
+    (f"{CS231N}:batchnorm_forward", "keras", cs231n("batchnorm_forward"), "violates", {"BN-NORMALIZE"},
+     ("NC", "NCL", "NCHW", "NCDHW")),
 ]
 
 
 @pytest.mark.clause("BN-NORMALIZE", "BN-RUNVAR-UNBIASED", "BN-MOMENTUM-BATCH-WEIGHT", "BN-GRAD-TRAIN", "BN-INIT")
 @pytest.mark.parametrize("name, profile, options, verdict, violated, scope", CASES,
-                         ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
+                         ids=[f"{c[0].rpartition(':')[2]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
 def test_hand_written_specimens(name, profile, options, verdict, violated, scope):
-    rep = bnconf.audit(f"{SPECIMENS}:{name}", profile, quota=20, seed=0, fingerprint=False, shrink_budget=3,
+    rep = bnconf.audit(name if ":" in name else f"{SPECIMENS}:{name}", profile, quota=20, seed=0, fingerprint=False, shrink_budget=3,
                        **options)
     got = {v["clause"] for v in rep.violations}
     assert (rep.verdict, got) == (verdict, violated), [(v["clause"], v["message"][:300]) for v in rep.violations] \
@@ -82,6 +107,21 @@ def test_a_bad_template_is_a_usage_error_naming_it(run_cli, option, value, words
     out = run_cli("audit", f"{SPECIMENS}:d2l_batch_norm", "--profile", "torch", "--kind", "torch-function",
                   f"--{option}", value)
     assert out.returncode == 2 and words in out.stderr and value in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("options, words", [
+    ((), "needs --call"),
+    (("--call", "batchnorm_forward(x, weight, bias, kept(mode='train'))"), "names no training"),
+    (("--call", CS_CALL.format(f="batchnorm_forward"), "--returns", "y, cache", "--backward", "batchnorm_bwd(dy, cache)"),
+     "has no function batchnorm_bwd"),
+    (("--call", CS_CALL.format(f="batchnorm_forward"), "--backward", "batchnorm_backward(dy, cache)"),
+     "unknown name(s) cache"),
+    (("--call", CS_CALL.format(f="batchnorm_forward"), "--init", "BatchNorm(num_features)"),
+     "--init is for --kind torch-module"),
+])
+def test_a_numpy_function_without_a_usable_template_is_a_usage_error(run_cli, options, words):
+    out = run_cli("audit", f"{CS231N}:batchnorm_forward", "--profile", "keras", "--kind", "numpy-function", *options)
+    assert out.returncode == 2 and words in out.stderr, out.stderr
 
 
 def test_an_unknown_layout_is_a_usage_error(run_cli):

@@ -73,13 +73,14 @@ def shapes(draw, ranks, feature_axes, empty_batch=True, max_elements=MAX_ELEMENT
                       max_elements, layouts)
 
 
-def layout_pool(caps: Capabilities, seed: int, per_dtype: int) -> list[tuple]:
+def layout_pool(caps: Capabilities, seed: int, per_dtype: int, first=()) -> list[tuple]:
     """A run's finite set of (shape, feature_axis, dtype) layouts, drawn from the seed, for
     implementations that compile a program per input shape (XLA, graph modes): every case of
     the run takes its layout from here, so compiled programs are reused and the time goes
     to cases, not to the compiler. Each dtype gets `per_dtype` ordinary layouts (float32
     twice as many), one with a single value per channel and one empty batch, so every
-    focus (spec/batchnorm.yaml) can be met. A different seed gives a different pool."""
+    focus (spec/batchnorm.yaml) can be met. A different seed gives a different pool. `first`:
+    layouts already compiled (a user audit's scope probes), in the pool besides those drawn."""
     rng = np.random.default_rng([seed, 0xB0])
     pick = lambda opts, label: opts[int(rng.integers(len(opts)))]  # noqa: E731
     out = []
@@ -90,7 +91,7 @@ def layout_pool(caps: Capabilities, seed: int, per_dtype: int) -> list[tuple]:
         for kind in kinds:
             shape, fa = make_shape(pick, caps.ranks, caps.feature_axes, kind, layouts=caps.layouts)
             out.append((shape, fa, dtype))
-    return out
+    return [tuple(e) for e in first if e[2] in caps.dtypes and tuple(e) not in out] + out
 
 
 def options(base, focus, key):

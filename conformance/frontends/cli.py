@@ -12,22 +12,26 @@ import threading
 from bnconf.frontends.commands import (EXIT_OK, TIERS, _err, cmd_audit, cmd_bench, cmd_facts, cmd_fingerprint,
                                        cmd_known, cmd_lint, cmd_report, cmd_run, cmd_spec)
 from bnconf.running.explore import INTERRUPTED
+from bnconf.running.targets import KINDS
 from bnconf.spec.loader import SpecError
-
-
-KINDS = ["numpy", "torch-function", "torch-module"]
 
 
 def _target_options(p) -> None:
     """How bnconf calls a user's BN and which layouts it covers: one set for audit and fingerprint."""
     p.add_argument("--kind", choices=KINDS, default="numpy",
-                   help="numpy: the bnconf NumPy signature; torch-function: a function on tensors (see --call); "
-                        "torch-module: an nn.Module subclass (see --init)")
+                   help="numpy: the bnconf NumPy signature; numpy-function: a NumPy function in its own signature "
+                        "(see --call, --backward); torch-function: a function on tensors (see --call); "
+                        "torch-module: an nn.Module subclass (see --init); jax-function: a function on JAX arrays "
+                        "(see --call; run under jax.jit, gradients by jax.vjp)")
     p.add_argument("--call", default=None, metavar="EXPR",
-                   help="torch-function: how to call it, e.g. \"bn(X=x, gamma=shaped(weight), beta=shaped(bias), "
-                        "moving_mean=shaped(running_mean), moving_var=shaped(running_var), eps=eps, momentum=momentum)\"")
+                   help="numpy-, torch-, jax-function: how to call it, e.g. \"bn(X=x, gamma=shaped(weight), "
+                        "beta=shaped(bias), moving_mean=shaped(running_mean), moving_var=shaped(running_var), eps=eps, "
+                        "momentum=momentum)\"; numpy-function: kept(...) is a dict kept across calls (bn_param)")
     p.add_argument("--returns", default=None, metavar="NAMES",
-                   help="torch-function: what its tuple holds, e.g. \"y, running_mean, running_var\" (_ for others)")
+                   help="what its tuple holds, e.g. \"y, running_mean, running_var\" or \"y, cache\" (_ for others)")
+    p.add_argument("--backward", default=None, metavar="EXPR",
+                   help="numpy-function: its hand-written backward pass, e.g. \"batchnorm_backward(dy, cache)\" "
+                        "-> (dx, dgamma, dbeta) (names: dy, x, weight, bias and the --returns items)")
     p.add_argument("--init", default=None, metavar="EXPR",
                    help="torch-module: how to build it, e.g. \"BatchNorm(num_features, num_dims=rank)\" "
                         "(names: num_features, rank, momentum, eps)")

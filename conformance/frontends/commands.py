@@ -13,6 +13,7 @@ from bnconf.results.fingerprint import fingerprint
 from bnconf.results.known_pin import draft, pin_file
 from bnconf.results.provenance import stamp
 from bnconf.results.records import append_jsonl, atomic_write_text, read_jsonl
+from bnconf.running.call_templates import TEMPLATE_OPTIONS
 from bnconf.running.isolated import make_implementation, shutdown
 from bnconf.running.registry import UnknownImplementation, all_implementations, family_implementations, find
 from bnconf.running.runner import RunInterrupted, run_many, summarize
@@ -167,7 +168,7 @@ def cmd_audit(args) -> int:
         rep = audit(args.target, args.profile, kind=args.kind, max_examples=args.max_examples, seed=args.seed,
                     spec_path=args.spec, repro_dir=args.repro_dir, fingerprint=not args.no_fingerprint,
                     progress=progress_bar(None, "auditing"), quota=args.cases_per_clause, layouts=declared,
-                    call=args.call, init=args.init, returns=args.returns)
+                    **{k: getattr(args, k) for k in TEMPLATE_OPTIONS})
         if sys.stderr.isatty():
             print(file=sys.stderr)
     except (TargetError, SpecError) as exc:
@@ -238,8 +239,8 @@ def cmd_fingerprint(args) -> int:
     if ":" in args.target:
         try:
             declared = layouts.parse(args.layouts) if args.layouts else None
-            impl = make_implementation(args.target, args.profile or "torch", args.kind, call=args.call,
-                                       init=args.init, returns=args.returns)
+            impl = make_implementation(args.target, args.profile or "torch", args.kind,
+                                       **{k: getattr(args, k) for k in TEMPLATE_OPTIONS})
         except (TargetError, ValueError) as exc:
             return _err(str(exc))
         caps, scope = find_scope(impl, declared)   # probes stay inside what the code covers

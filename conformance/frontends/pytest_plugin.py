@@ -10,9 +10,11 @@ from pathlib import Path
 from bnconf.cases import layouts
 from bnconf.frontends.user_audit import audit
 from bnconf.results.records import audit_report_records, read_jsonl
+from bnconf.running.call_templates import TEMPLATE_OPTIONS
 from bnconf.running.registry import family_implementations, find
 from bnconf.running.runner import run_many
 from bnconf.running.sync_audit import ATTRIBUTED
+from bnconf.running.targets import KINDS
 from bnconf.spec.loader import get_spec
 
 
@@ -20,8 +22,8 @@ def pytest_addoption(parser):
     g = parser.getgroup("bnconf", "Batch Normalization conformance")
     g.addoption("--bnconf-target", default=None, help="your BN: path/to/file.py:NAME or package.module:NAME")
     g.addoption("--bnconf-profile", default=None, help="the profile your BN claims (torch, keras, flax, ...)")
-    g.addoption("--bnconf-kind", default="numpy", choices=["numpy", "torch-function", "torch-module"])
-    for what in ("call", "init", "returns"):   # frontends/cli.py: the same templates as `bnconf audit --call ...`
+    g.addoption("--bnconf-kind", default="numpy", choices=KINDS)
+    for what in TEMPLATE_OPTIONS:   # frontends/cli.py: the same templates as `bnconf audit --call ...`
         g.addoption(f"--bnconf-{what}", default=None, help=f"as `bnconf audit --{what}`")
     g.addoption("--bnconf-layouts", default=None, help="the layouts your BN supports, e.g. NC,NCHW "
                 "(default: every candidate it does not refuse with NotImplementedError)")
@@ -79,7 +81,7 @@ def _run(config) -> list[dict]:
         declared = config.getoption("bnconf_layouts")
         rep = audit(target, prof, kind=config.getoption("bnconf_kind"), max_examples=n,
                     layouts=layouts.parse(declared) if declared else None,
-                    **{w: config.getoption(f"bnconf_{w}") for w in ("call", "init", "returns")},
+                    **{w: config.getoption(f"bnconf_{w}") for w in TEMPLATE_OPTIONS},
                     quota=config.getoption("bnconf_cases_per_clause") or 100,
                     seed=config.getoption("bnconf_seed"), fingerprint=False)
         records += audit_report_records(rep, config.getoption("bnconf_seed"))

@@ -47,14 +47,15 @@ class AuditReport:
 
 def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path=None, repro_dir=None,
           shrink_budget=25, fingerprint=True, timeout=CALL_TIMEOUT_S, impl=None, progress=None,
-          quota=100, layouts=None, call=None, init=None, returns=None) -> AuditReport:
+          quota=100, layouts=None, call=None, init=None, returns=None, backward=None) -> AuditReport:
     """Run the shared cases, at least `quota` per clause that applies (max_examples caps
     the total), within the code's scope (layouts: names declared by the user, e.g. ("NC",
-    "NCHW"); None: every candidate layout the code does not refuse); call / init / returns: how
+    "NCHW"); None: every candidate layout the code does not refuse); call / init / returns / backward: how
     bnconf calls the code (running/call_templates.py); returns an AuditReport."""
     spec = get_spec(spec_path)
     prof = spec.profile(profile)
-    impl = impl or make_implementation(target, profile, kind, timeout, call=call, init=init, returns=returns)
+    impl = impl or make_implementation(target, profile, kind, timeout, call=call, init=init, returns=returns,
+                                       backward=backward)
     t0 = time.perf_counter()
     applicable = {c.id for c in spec.clauses_for(prof) if not c.planned}
 
@@ -68,7 +69,7 @@ def audit(target, profile, *, kind="numpy", max_examples=None, seed=0, spec_path
     impl.capabilities = caps
     result = audit_implementation(impl, "cpu", spec, prof, max_examples=max_examples, seed=seed,
                                   shrink_budget=shrink_budget, progress=progress, quota=quota,
-                                  judged=scope.judged)
+                                  judged=scope.judged, pool_first=scope.probed)
     rep = AuditReport(target, profile, "conforms", cases=result.cases, scope=scope.to_json())
     for clause in spec.clauses_for(prof):
         if clause.planned:

@@ -109,19 +109,20 @@ def shrink(impl, case: Case, clause: str, device, spec, profile, applicable, bud
 
 def audit_implementation(impl, device, spec, profile, *, max_examples=None, seed=0, shrink_budget=30,
                          progress=None, deadline_s=None, quota=DEFAULT_QUOTA, emitted=None,
-                         timing=None, judged=()) -> AuditResult:
+                         timing=None, judged=(), pool_first=()) -> AuditResult:
     """Explore cases with hypothesis, tally every outcome, shrink each failing clause's case.
 
     quota: at least this many cases per applicable clause (aimed with quota.py, capped at
     max_examples cases in all, default CAP_PER_QUOTA x quota); None draws max_examples
     cases blindly. emitted: collects check name -> clause IDs it emitted (the lint). timing:
     see evaluate. judged: (case, outcomes) already judged (the scope probes that raised,
-    running/scope.py): tallied first, as they were, not run again."""
+    running/scope.py): tallied first, as they were, not run again. pool_first: layouts a layout
+    pool starts with (what the scope probes compiled)."""
     max_examples = cap_for(quota, max_examples)
     caps = impl.capabilities
     applicable = {c.id for c in spec.clauses_for(profile) if not c.planned}
     # implementations that compile per input shape draw layouts from a finite pool (see layout_pool)
-    pool = layout_pool(caps, seed, caps.layout_pool) if caps.layout_pool else None
+    pool = layout_pool(caps, seed, caps.layout_pool, first=pool_first) if caps.layout_pool else None
     scheduler = None
     if quota:
         foci = {cid: spec.clauses[cid].focus for cid in sorted(applicable)

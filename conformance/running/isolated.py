@@ -354,7 +354,7 @@ class IsolatedImplementation(Implementation):
 
 def isolated_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, **templates) -> IsolatedImplementation:
     """Raises targets.TargetError, as the in-process loader does, when the target cannot be loaded.
-    templates: call / init / returns (running/call_templates.py)."""
+    templates: call / init / returns / backward (running/call_templates.py)."""
     return IsolatedImplementation({"target": target, "profile": profile, "kind": kind, "timeout": timeout,
                                    **{k: v for k, v in templates.items() if v}})
 

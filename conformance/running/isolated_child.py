@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from bnconf.running.call_templates import TEMPLATE_OPTIONS
 from bnconf.running.targets import load_implementation
 
 _HEADER, _PID = struct.Struct("<Q"), struct.Struct("<q")
@@ -201,7 +202,7 @@ class _Server:
 
     def op_load(self, load: dict) -> tuple:
         impl = self.impl = load_implementation(load["target"], load["profile"], load["kind"], load["timeout"],
-                                               load.get("call"), load.get("init"), load.get("returns"))
+                                               *(load.get(k) for k in TEMPLATE_OPTIONS))
         versions = _result(lambda: (impl.versions(),))
         return ({"name": impl.name, "profile": impl.profile, "capabilities": impl.capabilities,
                  "family": impl.family, "devices": impl.devices(), "build_module": impl.build.__module__,

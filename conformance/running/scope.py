@@ -31,6 +31,9 @@ class Scope:
     # (case, outcomes) of each probe that raised in a configuration kept in scope: judged like
     # any case (a crash or hang met while finding the scope is a finding, not lost)
     judged: list = dataclasses.field(default_factory=list)
+    # (shape, feature_axis, dtype) the probes ran in scope: a layout pool starts with them, so a
+    # JIT framework's programs compiled for the probes serve the audit's cases too
+    probed: list = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         how = "declared" if self.declared else "found"
@@ -53,10 +56,7 @@ CONFIGURATIONS = {
 def _plain_cases(caps, name: str, dtype: str = "float32", **change) -> list[Case]:
     """The plainest cases in a layout: 4 rows, 3 features, 2 per spatial axis, affine, running
     statistics; explicit momentum and eps first, the implementation's defaults after."""
-    rank, where = lay.LAYOUTS[name]
-    fa = feature_axis(rank, where)
-    shape = [4] + [2] * (rank - 1)
-    shape[fa] = 3
+    shape, fa = _plain_layout(name)
     out = []
     for momentum in (0.1, DEFAULT):
         for eps in (1e-5, DEFAULT):
@@ -65,6 +65,15 @@ def _plain_cases(caps, name: str, dtype: str = "float32", **change) -> list[Case
             if fits(case, caps):
                 out.append(case)
     return out
+
+
+def _plain_layout(name: str) -> tuple:
+    """4 rows, 3 features, 2 per spatial axis, in the named layout: (shape, feature_axis)."""
+    rank, where = lay.LAYOUTS[name]
+    fa = feature_axis(rank, where)
+    shape = [4] + [2] * (rank - 1)
+    shape[fa] = 3
+    return tuple(shape), fa
 
 
 def _trace_only(impl, case):
@@ -104,7 +113,7 @@ def find_scope(impl, declared: tuple | None = None, judge=None) -> tuple[object,
     kept, working = [], []
     for name in candidates:
         raised = _refusal(impl, _plain_cases(dataclasses.replace(caps, **lay.narrowed(caps, (name,))), name), judge)
-        # refusing eval alone is not refusing the layout: that is judged (BN-EVAL-*)
+        # refusing eval alone is not refusing the layout: BN-EVAL-RUNNING and BN-EVAL-BATCH judge it
         if raised and raised[0] == REFUSAL and raised[2] != "eval" and not declared:
             scope.out_of_scope.append({"what": f"layout {name}", "message": raised[1]})
             continue
@@ -136,6 +145,7 @@ def find_scope(impl, declared: tuple | None = None, judge=None) -> tuple[object,
             kept_raising(raised)
             dtypes.append(dt)
     caps = dataclasses.replace(caps, dtypes=tuple(d for d in caps.dtypes if d in dtypes))
+    scope.probed = [(*_plain_layout(n), dtypes[0]) for n in kept] + [(*_plain_layout(first), d) for d in dtypes[1:]]
     for key, (what, off, change) in CONFIGURATIONS.items():
         if not getattr(caps, key):
             continue

@@ -1,6 +1,7 @@
 """Load an implementation from a target a user names ('file.py:NAME', 'package.module:NAME'):
-a NumPy function with the bnconf protocol, a function on torch tensors (torch_function.py),
-or a torch nn.Module subclass.
+a NumPy function with the bnconf protocol, a NumPy function in its own signature
+(numpy_function.py), a function on torch tensors (torch_function.py) or on JAX arrays
+(jax_function.py), or a torch nn.Module subclass.
 
 NumPy protocol (see README, 'Audit your own BN'):
 
@@ -21,10 +22,13 @@ import sys
 from pathlib import Path
 
 from bnconf.adapters._protocol import Implementation, Unsupported, default_capabilities
+from bnconf.adapters.jax_bn import _jax
 from bnconf.adapters.torch_bn import grad_grad as torch_grad_grad, reload_into
 from bnconf.adapters.numpy_protocol import (
     CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit, implementation as _numpy_protocol_implementation)
 from bnconf.running.call_templates import INIT_VALUES, Template, TemplateError, parse_returns
+from bnconf.running.jax_function import jax_function_implementation
+from bnconf.running.numpy_function import numpy_function_implementation
 from bnconf.running.torch_function import torch_function_implementation
 
 
@@ -210,20 +214,43 @@ def torch_module_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S, init
                           lambda: {"torch": __import__("torch").__version__}, lambda: ["cpu"], "user")
 
 
-def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, call=None, init=None, returns=None):
+KINDS = ("numpy", "numpy-function", "torch-function", "torch-module", "jax-function")
+_FUNCTIONS = ("numpy-function", "torch-function", "jax-function")
+_TEMPLATE_KINDS = {"call": _FUNCTIONS, "returns": _FUNCTIONS,
+                   "init": ("torch-module",), "backward": ("numpy-function",)}
+
+
+def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, call=None, init=None, returns=None,
+                        backward=None):
     """The user's target in this process: what the isolated process runs. Callers that want
     the user's code beside their own pass `impl=` to audit() (e.g. numpy_implementation(fn)).
-    call / init / returns: the templates of call_templates.py (torch-function, torch-module)."""
-    if (call or returns) and kind != "torch-function":
-        raise TargetError(f"--call and --returns are for --kind torch-function, not {kind}")
-    if init and kind != "torch-module":
-        raise TargetError(f"--init is for --kind torch-module, not {kind}")
+    call / init / returns / backward: the templates of call_templates.py."""
+    for option, value in (("call", call), ("init", init), ("returns", returns), ("backward", backward)):
+        if value and kind not in _TEMPLATE_KINDS[option]:
+            raise TargetError(f"--{option} is for --kind {' or '.join(_TEMPLATE_KINDS[option])}, not {kind}")
+    if kind not in KINDS:
+        raise TargetError(f"unknown --kind {kind!r}; use " + ", ".join(KINDS))
+    if kind == "jax-function":
+        try:
+            _jax()   # float64 needs jax_enable_x64 before the user's module makes its first array
+        except ImportError:
+            raise TargetError("--kind jax-function needs jax installed") from None
     obj = load_target(target)
     try:
-        if kind == "numpy":
+        if kind == "jax-function":
+            if not callable(obj) or isinstance(obj, type):
+                raise TargetError(f"{target!r} is not a function (--kind jax-function)")
+            return jax_function_implementation(obj, target, profile, call, parse_returns(returns), timeout)
+        if kind in ("numpy", "numpy-function"):
             if not callable(obj):
                 raise TargetError(f"{target!r} is not callable")
-            return numpy_implementation(obj, target, profile, timeout)
+            if isinstance(obj, type):
+                raise TargetError(f"{target!r} is a class, not a function (--kind {kind}; a torch module is "
+                                  "--kind torch-module)")
+            if kind == "numpy":
+                return numpy_implementation(obj, target, profile, timeout)
+            return numpy_function_implementation(obj, target, profile, call, parse_returns(returns), backward,
+                                                 sys.modules.get(getattr(obj, "__module__", "")), timeout)
         if kind in ("torch-module", "torch-function"):
             try:
                 import torch
@@ -238,4 +265,4 @@ def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, c
             return torch_module_implementation(obj, target, profile, timeout, init)
     except TemplateError as exc:
         raise TargetError(str(exc)) from None
-    raise TargetError(f"unknown --kind {kind!r}; use numpy, torch-function or torch-module")
+    raise AssertionError(kind)   # KINDS is checked above

@@ -18,7 +18,7 @@ import numpy as np
 
 from bnconf.adapters._protocol import Implementation, Unsupported, default_capabilities
 from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S, ProtocolError, _time_limit
-from bnconf.running.call_templates import CALL_VALUES, Template
+from bnconf.running.call_templates import CALL_VALUES, Template, returned
 
 DEFAULT_CALL = "{name}(x, weight, bias, running_mean, running_var, training=training, momentum=momentum, eps=eps, axis=axis)"
 
@@ -76,11 +76,7 @@ class _TorchFunctionInstance:
 
     def _read(self, res):
         torch = self.torch
-        items = list(res) if isinstance(res, (tuple, list)) else [res]
-        names = self.returns or (("y", "running_mean", "running_var") if len(items) >= 3 else ("y",))
-        if self.returns and len(items) != len(names):
-            raise ProtocolError(f"returned {len(items)} item(s); --returns names {len(names)}")
-        got = dict(zip(names, items))
+        got = returned(res, self.returns)
         y = got["y"]
         if not isinstance(y, torch.Tensor):
             raise ProtocolError(f"y is a {type(y).__name__}, not a tensor")

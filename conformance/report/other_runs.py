@@ -23,16 +23,22 @@ def commit_of(r: dict) -> str | None:
     return (r.get("bnconf") or {}).get("commit")
 
 
-def _commit_time(commit: str) -> int | None:
+def _commit_time(commit: str) -> tuple | None:
+    """(commit time, how many commits it descends from): two commits of the same second are
+    ordered by ancestry, a child after its parent."""
     root = project_root()
     if root is None:
         return None
     try:
         out = subprocess.run(["git", "show", "-s", "--format=%ct", commit], cwd=root, capture_output=True,
                              text=True, timeout=10)
+        depth = subprocess.run(["git", "rev-list", "--count", commit], cwd=root, capture_output=True,
+                               text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+    if out.returncode != 0 or not out.stdout.strip().isdigit():
+        return None
+    return int(out.stdout.strip()), int(depth.stdout.strip()) if depth.stdout.strip().isdigit() else 0
 
 
 def _newest(commits: list[str], raw: list[dict]) -> tuple[str, str]:

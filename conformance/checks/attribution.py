@@ -251,6 +251,11 @@ def _init_attribution(ctx, base):
     if ctx.case.affine != "default" or "train_0/y" not in ctx.trace or "BN-INIT" not in ctx.applicable \
             or ctx.case.dtype not in ("float32", "float64"):  # low precision: offsets come from rounding
         return None
+    if "init/weight" in ctx.trace:
+        # the layer's own gamma and beta were read (running/trace.py) and BN-INIT judged them:
+        # inferring them from the output would mistake a uniform variance error (n - 1 for n,
+        # sqrt((n-1)/n) in every channel) for an initialiser
+        return None
     if not _holds_centred(ctx, "BN-INIT", base.key):
         # ill-conditioned and the centred case is fine: a variance that lost precision scales each
         # channel by a constant, the same signature as gamma != 1

@@ -191,7 +191,7 @@ def _explains(root, root_tallies, cid, t, profile, rejudge, direct, failed_with_
         for k, v in rt.fail_measured.items():
             measured.setdefault(k, v)
     if direct and t.failed_at <= failed_with_root and _attributed(root_tallies) \
-            and not (measured and all(k in NUMERIC for k in measured) and _names_convention(t)):
+            and not (measured and all(k in NUMERIC for k in measured) and _names_convention(t, profile)):
         return True
     # each kind of the root's deviation is its own explanation (a stray match of another
     # convention on one case must not be mixed into the one that explains the rest)
@@ -210,15 +210,23 @@ def _explains(root, root_tallies, cid, t, profile, rejudge, direct, failed_with_
     return True
 
 
-def _names_convention(t) -> bool:
-    """A failure of the tally measured a convention (not an unexplained quantity)."""
-    return any(k not in NUMERIC and v != "other" for m in t.kind_measured.values() for k, v in m.items())
+def _names_convention(t, profile) -> bool:
+    """A failure of the tally measured a convention other than the profile's (not an
+    unexplained quantity)."""
+    return any(_deviates(k, v, profile) for m in t.kind_measured.values() for k, v in m.items())
+
+
+def _deviates(key, value, profile) -> bool:
+    """A measured convention that is not the profile's: what a convention finding is. A failure
+    that measured the profile's own convention (beta for one value, as the profile says, but off
+    by more than rounding) names no convention."""
+    return key not in NUMERIC and value != "other" and profile.conventions.get(key, object()) != value
 
 
 def _passes_under(measured, case, cid, own, profile, rejudge) -> bool:
     """Does B's failing case pass B once the judgement takes what the root measured? `own`:
     what B's failure itself measured."""
-    if all(k in NUMERIC for k in measured) and any(k not in NUMERIC and v != "other" for k, v in own.items()):
+    if all(k in NUMERIC for k in measured) and any(_deviates(k, v, profile) for k, v in own.items()):
         return False      # rounding or conditioning never explains what a convention does
     variant = variant_profile(profile, measured) or profile
     compute = measured.get(MODEL_VARIANT)

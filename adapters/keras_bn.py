@@ -52,6 +52,35 @@ def _np(backend, t):
     return np_out((tf.cast(t, tf.float32) if name == "bfloat16" else t).numpy().copy(), name)
 
 
+def stateless_grads(layer, b, xt, dyt, training) -> list:
+    """[dL/dx, dL/dv for each trainable variable, in the layer's order] of L = sum(y * dy), by the
+    backend's own autodiff on the layer's stateless_call."""
+    tv = [v.value for v in layer.trainable_variables]
+    ntv = [v.value for v in layer.non_trainable_variables]
+    if b == "tensorflow":
+        import tensorflow as tf
+        tvt = [tf.convert_to_tensor(v) for v in tv]
+        with tf.GradientTape() as tape:
+            tape.watch([xt] + tvt)
+            y, _ = layer.stateless_call(tvt, ntv, xt, training=training)
+            loss = tf.reduce_sum(tf.cast(y, dyt.dtype) * dyt)
+        return tape.gradient(loss, [xt] + tvt)
+    if b == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def f(xx, tvv):
+            y, _ = layer.stateless_call(tvv, ntv, xx, training=training)
+            return jnp.sum(y.astype(dyt.dtype) * dyt)
+        gx, gt = jax.grad(f, argnums=(0, 1))(xt, tv)
+        return [gx] + list(gt)
+    xg = xt.clone().requires_grad_(True)
+    tvt = [v.detach().clone().requires_grad_(True) for v in tv]
+    y, _ = layer.stateless_call(tvt, ntv, xg, training=training)
+    (y.to(dyt.dtype) * dyt).sum().backward()
+    return [xg.grad] + [v.grad for v in tvt]
+
+
 class _Instance:
     def __init__(self, backend, params):
         self.backend, self.params = backend, params
@@ -118,36 +147,11 @@ class _Instance:
         return out
 
     def _grads(self, xt, dy, training):
-        layer, b = self.layer, self.backend
-        tv = [v.value for v in layer.trainable_variables]
-        ntv = [v.value for v in layer.non_trainable_variables]
-        dyt = _to_backend(b, dy, "float64" if self.params["dtype"] == "float64" else "float32")
-        if b == "tensorflow":
-            import tensorflow as tf
-            tvt = [tf.convert_to_tensor(v) for v in tv]
-            with tf.GradientTape() as tape:
-                tape.watch([xt] + tvt)
-                y, _ = layer.stateless_call(tvt, ntv, xt, training=training)
-                loss = tf.reduce_sum(tf.cast(y, dyt.dtype) * dyt)
-            g = tape.gradient(loss, [xt] + tvt)
-        elif b == "jax":
-            import jax
-            import jax.numpy as jnp
-
-            def f(xx, tvv):
-                y, _ = layer.stateless_call(tvv, ntv, xx, training=training)
-                return jnp.sum(y.astype(dyt.dtype) * dyt)
-            gx, gt = jax.grad(f, argnums=(0, 1))(xt, tv)
-            g = [gx] + list(gt)
-        else:
-            xg = xt.clone().requires_grad_(True)
-            tvt = [v.detach().clone().requires_grad_(True) for v in tv]
-            y, _ = layer.stateless_call(tvt, ntv, xg, training=training)
-            (y.to(dyt.dtype) * dyt).sum().backward()
-            g = [xg.grad] + [v.grad for v in tvt]
-        out = {"dx": _np(b, g[0])[0]}
+        dyt = _to_backend(self.backend, dy, "float64" if self.params["dtype"] == "float64" else "float32")
+        g = stateless_grads(self.layer, self.backend, xt, dyt, training)
+        out = {"dx": _np(self.backend, g[0])[0]}
         if len(g) == 3:  # [gamma, beta] in Keras' variable order
-            out["dweight"], out["dbias"] = _np(b, g[1])[0], _np(b, g[2])[0]
+            out["dweight"], out["dbias"] = _np(self.backend, g[1])[0], _np(self.backend, g[2])[0]
         return out
 
     def grad_grad(self, x, dy, v):

@@ -22,7 +22,8 @@ def _target_options(p) -> None:
                    help="numpy: the bnconf NumPy signature; numpy-function: a NumPy function in its own signature "
                         "(see --call, --backward); torch-function: a function on tensors (see --call); "
                         "torch-module: an nn.Module subclass (see --init); jax-function: a function on JAX arrays "
-                        "(see --call; run under jax.jit, gradients by jax.vjp)")
+                        "(see --call; run under jax.jit, gradients by jax.vjp); keras-layer: a Keras 3 Layer subclass "
+                        "(see --init; the backend KERAS_BACKEND selects)")
     p.add_argument("--call", default=None, metavar="EXPR",
                    help="numpy-, torch-, jax-function: how to call it, e.g. \"bn(X=x, gamma=shaped(weight), "
                         "beta=shaped(bias), moving_mean=shaped(running_mean), moving_var=shaped(running_var), eps=eps, "
@@ -33,8 +34,8 @@ def _target_options(p) -> None:
                    help="numpy-function: its hand-written backward pass, e.g. \"batchnorm_backward(dy, cache)\" "
                         "-> (dx, dgamma, dbeta) (names: dy, x, weight, bias and the --returns items)")
     p.add_argument("--init", default=None, metavar="EXPR",
-                   help="torch-module: how to build it, e.g. \"BatchNorm(num_features, num_dims=rank)\" "
-                        "(names: num_features, rank, momentum, eps)")
+                   help="torch-module, keras-layer: how to build it, e.g. \"BatchNorm(num_features, num_dims=rank)\" "
+                        "(names: num_features, rank, momentum, eps; keras-layer also axis)")
     p.add_argument("--layouts", default=None, metavar="NC,NCHW,...",
                    help="the layouts your code supports (N batch, C features, L/D/H/W spatial, in axis order: "
                         "NC NCL NCHW NCDHW NLC NHWC NDHWC); default: every one it does not refuse by raising "

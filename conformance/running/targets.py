@@ -1,7 +1,7 @@
 """Load an implementation from a target a user names ('file.py:NAME', 'package.module:NAME'):
 a NumPy function with the bnconf protocol, a NumPy function in its own signature
 (numpy_function.py), a function on torch tensors (torch_function.py) or on JAX arrays
-(jax_function.py), or a torch nn.Module subclass.
+(jax_function.py), a torch nn.Module subclass, or a Keras 3 Layer subclass (keras_layer.py).
 
 NumPy protocol (see README, 'Audit your own BN'):
 
@@ -28,6 +28,7 @@ from bnconf.adapters.numpy_protocol import (
     CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit, implementation as _numpy_protocol_implementation)
 from bnconf.running.call_templates import INIT_VALUES, Template, TemplateError, parse_returns
 from bnconf.running.jax_function import jax_function_implementation
+from bnconf.running.keras_layer import _keras, keras_layer_implementation
 from bnconf.running.numpy_function import numpy_function_implementation
 from bnconf.running.torch_function import torch_function_implementation
 
@@ -214,10 +215,10 @@ def torch_module_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S, init
                           lambda: {"torch": __import__("torch").__version__}, lambda: ["cpu"], "user")
 
 
-KINDS = ("numpy", "numpy-function", "torch-function", "torch-module", "jax-function")
+KINDS = ("numpy", "numpy-function", "torch-function", "torch-module", "jax-function", "keras-layer")
 _FUNCTIONS = ("numpy-function", "torch-function", "jax-function")
 _TEMPLATE_KINDS = {"call": _FUNCTIONS, "returns": _FUNCTIONS,
-                   "init": ("torch-module",), "backward": ("numpy-function",)}
+                   "init": ("torch-module", "keras-layer"), "backward": ("numpy-function",)}
 
 
 def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, call=None, init=None, returns=None,
@@ -235,8 +236,17 @@ def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, c
             _jax()   # float64 needs jax_enable_x64 before the user's module makes its first array
         except ImportError:
             raise TargetError("--kind jax-function needs jax installed") from None
+    if kind == "keras-layer":
+        try:
+            keras = _keras()
+        except ImportError:
+            raise TargetError("--kind keras-layer needs keras installed") from None
     obj = load_target(target)
     try:
+        if kind == "keras-layer":
+            if not (isinstance(obj, type) and issubclass(obj, keras.layers.Layer)):
+                raise TargetError(f"{target!r} is not a keras.layers.Layer subclass")
+            return keras_layer_implementation(obj, target, profile, timeout, init)
         if kind == "jax-function":
             if not callable(obj) or isinstance(obj, type):
                 raise TargetError(f"{target!r} is not a function (--kind jax-function)")

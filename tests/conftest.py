@@ -11,6 +11,19 @@ settings.load_profile(os.environ.get("BNCONF_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
+def assert_verdict():
+    """A user audit's verdict, its exact set of violated clauses and its scope's layouts, stated
+    before the run; on a mismatch, each violation's and error's clause and message."""
+    def check(rep, verdict, violated, scope):
+        got = {v["clause"] for v in rep.violations}
+        assert (rep.verdict, got) == (verdict, violated), \
+            [(v["clause"], v["message"][:300]) for v in rep.violations] \
+            + [(e["clause"], e.get("message", "")[:300]) for e in rep.errors]
+        assert tuple(rep.scope["layouts"]) == scope, rep.scope
+    return check
+
+
+@pytest.fixture(scope="session")
 def spec():
     from bnconf.spec.loader import get_spec
     return get_spec()

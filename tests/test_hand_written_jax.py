@@ -25,13 +25,10 @@ CASES = [
 
 @pytest.mark.clause("BN-NORMALIZE", "BN-EVAL-RUNNING", "BN-GRAD-TRAIN")
 @pytest.mark.parametrize("name, profile, options, verdict, violated, scope", CASES, ids=[c[0] for c in CASES])
-def test_jax_specimens(name, profile, options, verdict, violated, scope):
+def test_jax_specimens(assert_verdict, name, profile, options, verdict, violated, scope):
     rep = bnconf.audit(f"{SPECIMENS}:{name}", profile, kind="jax-function", quota=20, seed=0, fingerprint=False,
                        shrink_budget=3, **options)
-    got = {v["clause"] for v in rep.violations}
-    assert (rep.verdict, got) == (verdict, violated), [(v["clause"], v["message"][:300]) for v in rep.violations] \
-        + [(e["clause"], e.get("message", "")[:300]) for e in rep.errors]
-    assert tuple(rep.scope["layouts"]) == scope, rep.scope
+    assert_verdict(rep, verdict, violated, scope)
     if name == "branches_on_values":
         assert "cannot be traced by JAX" in rep.violations[0]["message"], rep.violations[0]
 

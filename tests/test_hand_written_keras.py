@@ -33,14 +33,11 @@ CASES = [
 @pytest.mark.clause("BN-VAR-BIASED", "BN-RUNVAR-BIASED", "BN-DTYPE-F64", "BN-NORMALIZE")
 @pytest.mark.parametrize("name, init, verdict, violated, scope", CASES,
                          ids=[f"{c[0]}-{'init' if c[1] else 'default'}" for c in CASES])
-def test_keras_layer_specimens(monkeypatch, name, init, verdict, violated, scope):
+def test_keras_layer_specimens(monkeypatch, assert_verdict, name, init, verdict, violated, scope):
     monkeypatch.setenv("KERAS_BACKEND", "torch")   # the user's code runs in a process of its own
     rep = bnconf.audit(f"{SPECIMENS}:{name}", "keras", kind="keras-layer", init=init and init.format(name),
                        quota=20, seed=0, fingerprint=False, shrink_budget=3)
-    got = {v["clause"] for v in rep.violations}
-    assert (rep.verdict, got) == (verdict, violated), [(v["clause"], v["message"][:300]) for v in rep.violations] \
-        + [(e["clause"], e.get("message", "")[:300]) for e in rep.errors]
-    assert tuple(rep.scope["layouts"]) == scope, rep.scope
+    assert_verdict(rep, verdict, violated, scope)
     if name == "Keras2BN":
         assert "written for Keras 2" in rep.violations[0]["message"], rep.violations[0]
     if name == "OpsMeanBN":

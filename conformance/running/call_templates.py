@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 
+from bnconf.adapters._protocol import Unsupported
 from bnconf.adapters.numpy_protocol import ProtocolError
 
 # what a --call template may name, beside the target and `shaped`
@@ -77,6 +78,22 @@ class Template:
     def call(self, target_name: str, target, values: dict, shaped=None, **helpers):
         scope = {target_name: target, "shaped": shaped, **helpers, **{k: values.get(k) for k in self.names}}
         return eval(self.code, {"__builtins__": __builtins__}, scope)   # the user's own expression
+
+
+def call_values(x, weight, bias, running_mean, running_var, training, momentum, eps, axis) -> dict:
+    """What a --call template's names stand for (CALL_VALUES), for one call."""
+    return {"x": x, "weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var,
+            "training": training, "momentum": momentum, "eps": eps, "axis": axis, "rank": len(x.shape),
+            "num_features": x.shape[axis]}
+
+
+def require_hyperparameters(params: dict, tmpl, how: str) -> None:
+    """A case with its own momentum or eps runs only where the template passes it, a case that
+    leaves it to the default only where it does not (Unsupported: the case is not this code's)."""
+    names = tmpl.names if tmpl is not None else set()
+    for key in ("momentum", "eps"):
+        if (params[key] == "default") == (key in names):
+            raise Unsupported(f"{how} {'passes' if key in names else 'passes no'} {key}")
 
 
 def returned(res, returns: tuple | None) -> dict:

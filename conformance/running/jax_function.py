@@ -18,10 +18,11 @@ import io
 
 import numpy as np
 
-from bnconf.adapters._protocol import Implementation, Unsupported, default_capabilities
+from bnconf.adapters._protocol import Implementation, default_capabilities
 from bnconf.adapters.jax_bn import LAYOUT_POOL, _arr, _jax, _np
 from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S, ProtocolError, _time_limit
-from bnconf.running.call_templates import CALL_VALUES, Template, TemplateError, returned
+from bnconf.running.call_templates import (CALL_VALUES, Template, TemplateError, call_values,
+                                           require_hyperparameters, returned)
 
 DEFAULT_CALL = "{name}(x, weight, bias, running_mean, running_var, training=training, momentum=momentum, eps=eps, axis=axis)"
 
@@ -33,17 +34,14 @@ class _Program:
     once per shape and mode: op by op, each op would compile per shape, about four times the
     time (measured on a 2-D flax-style function: 0.28 s against 1.2 s per new shape)."""
 
-    def __init__(self, fn, name, tmpl: Template, returns, jit: bool):
+    def __init__(self, fn, name, tmpl: Template, returns):
         jax = _jax()
         self.fn, self.name, self.tmpl, self.returns = fn, name, tmpl, returns
-        statics = ("fa", "training")
-        wrap = (lambda f: jax.jit(f, static_argnames=statics)) if jit else (lambda f: f)
-        self.forward, self.step = wrap(self._forward), wrap(self._step)
+        self.forward, self.step = (jax.jit(f, static_argnames=("fa", "training")) for f in (self._forward, self._step))
 
     def _forward(self, x, w, b, rm, rv, mom, eps, *, fa, training):
         shaped = lambda a: None if a is None else a.reshape([-1 if i == fa else 1 for i in range(x.ndim)])  # noqa: E731
-        values = {"x": x, "weight": w, "bias": b, "running_mean": rm, "running_var": rv, "training": training,
-                  "momentum": mom, "eps": eps, "axis": fa, "rank": x.ndim, "num_features": x.shape[fa]}
+        values = call_values(x, w, b, rm, rv, training, mom, eps, fa)
         return _split(self.tmpl.call(self.name, self.fn, values, shaped), self.returns, rm is not None)
 
     def _step(self, x, w, b, rm, rv, mom, eps, dy, *, fa, training):
@@ -55,9 +53,7 @@ class _Program:
 class _JaxFunctionInstance:
     def __init__(self, program: _Program, params, timeout):
         self.prog, self.p, self.timeout = program, params, timeout
-        for key in ("momentum", "eps"):
-            if (params[key] == "default") == (key in program.tmpl.names):
-                raise Unsupported(f"the --call template {'passes' if key in program.tmpl.names else 'passes no'} {key}")
+        require_hyperparameters(params, program.tmpl, "the --call template")
         c, dt = params["num_features"], params["dtype"]
         self.dt = dt
         keeps = _keeps(program.tmpl, program.returns)
@@ -134,8 +130,7 @@ def _keeps(tmpl: Template, returns) -> bool:
     return bool(returns and "running_mean" in returns) or (not returns and "running_mean" in tmpl.names)
 
 
-def jax_function_implementation(fn, name, profile, call: str | None, returns, timeout=CALL_TIMEOUT_S, jit=True):
-    """jit=False (the Python API only) runs the call op by op."""
+def jax_function_implementation(fn, name, profile, call: str | None, returns, timeout=CALL_TIMEOUT_S):
     short = name.rpartition(":")[2]
     tmpl = Template(call or DEFAULT_CALL.format(name=short), short, CALL_VALUES, "--call")
     if "training" not in tmpl.names:
@@ -147,6 +142,6 @@ def jax_function_implementation(fn, name, profile, call: str | None, returns, ti
         running_stats=keeps, explicit_momentum="momentum" in tmpl.names, default_momentum="momentum" not in tmpl.names,
         default_eps="eps" not in tmpl.names, affine_off=False, default_init=False, eval_without_stats=not keeps,
         layout_pool=LAYOUT_POOL)
-    program = _Program(fn, short, tmpl, returns, jit)
+    program = _Program(fn, short, tmpl, returns)
     return Implementation(name, profile, caps, lambda params, device: _JaxFunctionInstance(program, params, timeout),
                           lambda: {"jax": __import__("jax").__version__}, lambda: ["cpu"], "user")

@@ -21,7 +21,7 @@ from bnconf.adapters._protocol import Implementation, Unsupported, default_capab
 from bnconf.adapters.jax_bn import LAYOUT_POOL, _jax
 from bnconf.adapters.keras_bn import _np, _to_backend, stateless_grads
 from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit
-from bnconf.running.call_templates import INIT_VALUES, Template
+from bnconf.running.call_templates import INIT_VALUES, Template, require_hyperparameters
 
 SCALE, SHIFT = ("gamma", "scale"), ("beta", "offset", "center")
 MEAN, VAR = ("moving_mean", "running_mean"), ("moving_variance", "moving_var", "running_var")
@@ -52,12 +52,8 @@ class _KerasLayerInstance:
     def __init__(self, keras, cls, params, timeout, init):
         self.keras, self.cls, self.p, self.timeout, self.init = keras, cls, params, timeout, init
         self.backend = keras.backend.backend()
-        for key in ("momentum", "eps"):
-            named = init is not None and key in init.names
-            if (params[key] == "default") == named:
-                raise Unsupported(f"the layer is built {'with' if named else 'without'} a {key} "
-                                  f"({init.text if init else 'NAME()'})")
         how = init.text if init else f"{cls.__name__}()"
+        require_hyperparameters(params, init, how)
         values = {"num_features": params["num_features"], "momentum": params["momentum"], "eps": params["eps"],
                   "rank": params["rank"], "axis": params["feature_axis"]}
         shape = [2] * params["rank"]
@@ -144,8 +140,6 @@ def _keras3_only():
 
 def keras_layer_implementation(cls, name, profile, timeout=CALL_TIMEOUT_S, init=None) -> Implementation:
     keras = _keras()
-    if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
-        raise ProtocolError(f"{name!r} is not a keras.layers.Layer subclass")
     init = Template(init, cls.__name__, KERAS_INIT_VALUES, "--init") if init else None
     named = init.names if init else set()
     backend = keras.backend.backend()

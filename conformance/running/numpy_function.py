@@ -23,9 +23,10 @@ import io
 
 import numpy as np
 
-from bnconf.adapters._protocol import Implementation, Unsupported, default_capabilities
+from bnconf.adapters._protocol import Implementation, default_capabilities
 from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S, ProtocolError, _time_limit
-from bnconf.running.call_templates import BACKWARD_VALUES, CALL_VALUES, Template, TemplateError, returned
+from bnconf.running.call_templates import (BACKWARD_VALUES, CALL_VALUES, Template, TemplateError,
+                                           call_values, require_hyperparameters, returned)
 
 STAT_KEYS = {"running_mean": ("running_mean", "moving_mean"), "running_var": ("running_var", "moving_var")}
 
@@ -34,9 +35,7 @@ class _NumpyFunctionInstance:
     def __init__(self, fn, name, tmpl: Template, returns, backward, params, timeout):
         self.fn, self.name, self.tmpl, self.returns, self.backward = fn, name, tmpl, returns, backward
         self.p, self.timeout = params, timeout
-        for key in ("momentum", "eps"):
-            if (params[key] == "default") == (key in tmpl.names):
-                raise Unsupported(f"the --call template {'passes' if key in tmpl.names else 'passes no'} {key}")
+        require_hyperparameters(params, tmpl, "the --call template")
         c, dt = params["num_features"], params["dtype"]
         self.dt = dt
         self.keeps = _keeps(tmpl, returns)
@@ -60,9 +59,8 @@ class _NumpyFunctionInstance:
         return self.kept
 
     def forward(self, x, training, dy):
-        values = {"x": x, "weight": self.w, "bias": self.b, "running_mean": self.rm, "running_var": self.rv,
-                  "training": training, "momentum": self.p["momentum"], "eps": self.p["eps"],
-                  "axis": self.p["feature_axis"], "rank": self.p["rank"], "num_features": self.p["num_features"]}
+        values = call_values(x, self.w, self.b, self.rm, self.rv, training, self.p["momentum"], self.p["eps"],
+                             self.p["feature_axis"])
         with contextlib.redirect_stdout(io.StringIO()), _time_limit(self.timeout):
             res = self.tmpl.call(self.name, self.fn, values, self._shaped, kept=self._kept)
         got = self._read(res)

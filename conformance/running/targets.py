@@ -26,7 +26,7 @@ from bnconf.adapters.jax_bn import _jax
 from bnconf.adapters.torch_bn import grad_grad as torch_grad_grad, reload_into
 from bnconf.adapters.numpy_protocol import (
     CALL_TIMEOUT_S, CallTimeout, ProtocolError, _time_limit, implementation as _numpy_protocol_implementation)
-from bnconf.running.call_templates import INIT_VALUES, Template, TemplateError, parse_returns
+from bnconf.running.call_templates import INIT_VALUES, Template, TemplateError, parse_returns, require_hyperparameters
 from bnconf.running.jax_function import jax_function_implementation
 from bnconf.running.keras_layer import _keras, keras_layer_implementation
 from bnconf.running.numpy_function import numpy_function_implementation
@@ -79,11 +79,7 @@ class _TorchModuleInstance:
     def __init__(self, cls, params, timeout, init=None):
         import torch
         self.torch, self.p, self.timeout, self.cls, self.init = torch, params, timeout, cls, init
-        for key in ("momentum", "eps"):
-            named = init is not None and key in init.names
-            if (params[key] == "default") == named:
-                raise Unsupported(f"the module is built {'with' if named else 'without'} a {key} "
-                                  f"({init.text if init else 'NAME(num_features)'})")
+        require_hyperparameters(params, init, init.text if init else "NAME(num_features)")
         self.m = self._build()
         self._w, self._b = self._affine()
         if params["affine"] == "random":
@@ -247,18 +243,17 @@ def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, c
             if not (isinstance(obj, type) and issubclass(obj, keras.layers.Layer)):
                 raise TargetError(f"{target!r} is not a keras.layers.Layer subclass")
             return keras_layer_implementation(obj, target, profile, timeout, init)
-        if kind == "jax-function":
-            if not callable(obj) or isinstance(obj, type):
-                raise TargetError(f"{target!r} is not a function (--kind jax-function)")
-            return jax_function_implementation(obj, target, profile, call, parse_returns(returns), timeout)
-        if kind in ("numpy", "numpy-function"):
+        if kind != "torch-module":   # the rest are functions
             if not callable(obj):
                 raise TargetError(f"{target!r} is not callable")
             if isinstance(obj, type):
-                raise TargetError(f"{target!r} is a class, not a function (--kind {kind}; a torch module is "
-                                  "--kind torch-module)")
-            if kind == "numpy":
-                return numpy_implementation(obj, target, profile, timeout)
+                raise TargetError(f"{target!r} is a class, not a function (--kind {kind}; a module or layer "
+                                  "is --kind torch-module or keras-layer)")
+        if kind == "jax-function":
+            return jax_function_implementation(obj, target, profile, call, parse_returns(returns), timeout)
+        if kind == "numpy":
+            return numpy_implementation(obj, target, profile, timeout)
+        if kind == "numpy-function":
             return numpy_function_implementation(obj, target, profile, call, parse_returns(returns), backward,
                                                  sys.modules.get(getattr(obj, "__module__", "")), timeout)
         if kind in ("torch-module", "torch-function"):
@@ -267,8 +262,6 @@ def load_implementation(target, profile, kind="numpy", timeout=CALL_TIMEOUT_S, c
             except ImportError:
                 raise TargetError(f"--kind {kind} needs torch installed") from None
             if kind == "torch-function":
-                if not callable(obj) or isinstance(obj, type):
-                    raise TargetError(f"{target!r} is not a function (--kind torch-function)")
                 return torch_function_implementation(obj, target, profile, call, parse_returns(returns), timeout)
             if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
                 raise TargetError(f"{target!r} is not a torch.nn.Module subclass")

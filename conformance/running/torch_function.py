@@ -16,9 +16,9 @@ import io
 
 import numpy as np
 
-from bnconf.adapters._protocol import Implementation, Unsupported, default_capabilities
+from bnconf.adapters._protocol import Implementation, default_capabilities
 from bnconf.adapters.numpy_protocol import CALL_TIMEOUT_S, ProtocolError, _time_limit
-from bnconf.running.call_templates import CALL_VALUES, Template, returned
+from bnconf.running.call_templates import CALL_VALUES, Template, call_values, require_hyperparameters, returned
 
 DEFAULT_CALL = "{name}(x, weight, bias, running_mean, running_var, training=training, momentum=momentum, eps=eps, axis=axis)"
 
@@ -28,9 +28,7 @@ class _TorchFunctionInstance:
         import torch
         self.torch, self.fn, self.name, self.tmpl, self.returns, self.p = torch, fn, name, tmpl, returns, params
         self.timeout = timeout
-        for key in ("momentum", "eps"):
-            if (params[key] == "default") == (key in tmpl.names):
-                raise Unsupported(f"the --call template {'passes' if key in tmpl.names else 'passes no'} {key}")
+        require_hyperparameters(params, tmpl, "the --call template")
         dt = getattr(torch, params["dtype"])
         c = params["num_features"]
         self.dt = dt
@@ -54,9 +52,8 @@ class _TorchFunctionInstance:
         backward = dy is not None and training
         xt = torch.as_tensor(x).requires_grad_(backward)
         w, b = (t.clone().requires_grad_(backward) for t in (self.w, self.b))
-        values = {"x": xt, "weight": w, "bias": b, "running_mean": self.rm, "running_var": self.rv,
-                  "training": training, "momentum": self.p["momentum"], "eps": self.p["eps"],
-                  "axis": self.p["feature_axis"], "rank": self.p["rank"], "num_features": self.p["num_features"]}
+        values = call_values(xt, w, b, self.rm, self.rv, training, self.p["momentum"], self.p["eps"],
+                             self.p["feature_axis"])
         # a function told no mode can only read it from the gradient mode (d2l's is_grad_enabled())
         grad = contextlib.nullcontext() if "training" in self.tmpl.names else torch.set_grad_enabled(training)
         with grad, contextlib.redirect_stdout(io.StringIO()), _time_limit(self.timeout):

@@ -128,7 +128,10 @@ class D2lStyle(torch.nn.Module):
                 self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1))
         else:
             mean, var = self.running_mean, self.running_var
-        return self.weight * (x - mean) / torch.sqrt(var + self.eps) + self.bias
+        return self.weight * (x - mean) / self._std(var) + self.bias
+
+    def _std(self, var):
+        return torch.sqrt(var + self.eps)
 
     def reset_running_stats(self):
         self.running_mean.zero_()
@@ -147,18 +150,8 @@ class RandomGamma(D2lStyle):
 class EpsOutside(D2lStyle):
     """eps added to the standard deviation, not the variance (torch adds it inside the root)."""
 
-    def forward(self, x):
-        if not self.training:
-            return super().forward(x)
-        n = x.numel() // x.shape[1]
-        if n < 2:
-            raise ValueError("expected more than 1 value per channel when training")
-        mean = x.mean(dim=self.dims, keepdim=True)
-        var = ((x - mean) ** 2).mean(dim=self.dims, keepdim=True)
-        with torch.no_grad():
-            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
-            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1))
-        return self.weight * (x - mean) / (torch.sqrt(var) + self.eps) + self.bias
+    def _std(self, var):
+        return torch.sqrt(var) + self.eps if self.training else super()._std(var)
 
 
 # ---- a torch function on every layout, the bnconf signature ------------------------------
